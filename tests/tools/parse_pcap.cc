@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "packet.h"
+#include "pcap_file.h"
 
 namespace {
 
@@ -42,42 +43,9 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "usage: parse_pcap FILE.pcap\n");
         return 2;
     }
-    std::FILE* f = std::fopen(argv[1], "rb");
-    if (f == nullptr) {
-        std::perror(argv[1]);
-        return 1;
-    }
-    uint8_t global[24];
-    if (std::fread(global, 1, sizeof global, f) != sizeof global) {
-        std::fprintf(stderr, "parse_pcap: %s: too short for a pcap header\n", argv[1]);
-        return 1;
-    }
-    uint32_t magic;
-    std::memcpy(&magic, global, 4);
-    if (magic != 0xa1b2c3d4 && magic != 0xa1b23c4d) {
-        std::fprintf(stderr, "parse_pcap: %s: not a little-endian pcap file (magic %08x)\n", argv[1], magic);
-        return 1;
-    }
+    jitlb::tools::PcapReader pcap(argv[1]);
     std::vector<uint8_t> frame;
-    for (unsigned index = 0;; ++index) {
-        uint8_t rec[16];
-        const size_t got = std::fread(rec, 1, sizeof rec, f);
-        if (got == 0) break;
-        if (got != sizeof rec) {
-            std::fprintf(stderr, "parse_pcap: record %u: truncated record header\n", index);
-            return 1;
-        }
-        uint32_t caplen;
-        std::memcpy(&caplen, rec + 8, 4);
-        if (caplen > 262144) {
-            std::fprintf(stderr, "parse_pcap: record %u: capture length %u too large\n", index, caplen);
-            return 1;
-        }
-        frame.resize(caplen);
-        if (std::fread(frame.data(), 1, caplen, f) != caplen) {
-            std::fprintf(stderr, "parse_pcap: record %u: truncated frame\n", index);
-            return 1;
-        }
+    for (unsigned index = 0; pcap.next(frame); ++index) {
         jitlb::ParsedPacket p;
         const jitlb::DropReason r = jitlb::parse_packet(frame, p);
         char src[64], dst[64];
@@ -92,6 +60,9 @@ int main(int argc, char** argv) {
                     p.flow.proto, src, dst, p.flow.src_port, p.flow.dst_port, fragment_name(p.fragment),
                     p.l4_present ? 1 : 0, p.icmp_error ? 1 : 0);
     }
-    std::fclose(f);
+    if (!pcap.error().empty()) {
+        std::fprintf(stderr, "parse_pcap: %s\n", pcap.error().c_str());
+        return 1;
+    }
     return 0;
 }
