@@ -111,6 +111,14 @@ bool header_matches(Attach attach, const auto& want_layout) {
 }
 
 void check_file_size(std::span<const uint8_t> file, uint64_t total, const std::string& what) {
+    // Sections are cache-line and page aligned relative to the file, and the
+    // compiler may use aligned vector stores on them: the mapping must be
+    // page aligned, as mmap's always is.
+    if (reinterpret_cast<uintptr_t>(file.data()) % 4096 != 0) {
+        throw RegionError(RegionErrc::bad_argument,
+                          fmt::format("{}: mapping at {} is not 4096-byte aligned", what,
+                                      static_cast<const void*>(file.data())));
+    }
     if (file.size() < total) {
         throw RegionError(RegionErrc::bad_argument,
                           fmt::format("{}: mapping of {} bytes is smaller than the layout's {}",
@@ -139,6 +147,11 @@ const RegionHeader& check_region_header(std::span<const uint8_t> file, const std
                                         uint64_t want_magic, uint64_t other_magic,
                                         uint64_t want_hash, std::string_view kind,
                                         std::string_view writer) {
+    if (reinterpret_cast<uintptr_t>(file.data()) % 4096 != 0) {
+        throw RegionError(RegionErrc::bad_argument,
+                          fmt::format("{}: mapping at {} is not 4096-byte aligned", path,
+                                      static_cast<const void*>(file.data())));
+    }
     if (file.size() < kRegionHeaderBytes) {
         throw RegionError(RegionErrc::too_small,
                           fmt::format("{}: {} bytes, shorter than a header ({}): {} is still "

@@ -69,6 +69,21 @@ mode_t file_mode(const std::string& path) {
     return st.st_mode & 07777;
 }
 
+// A zeroed, page-aligned buffer standing in for a mapping (mmap is page
+// aligned; a std::vector is not, and the region refuses it).
+struct AlignedFile {
+    explicit AlignedFile(size_t n) : size(n), data(static_cast<uint8_t*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {
+        REQUIRE(data != nullptr);
+        std::memset(data, 0, size);
+    }
+    ~AlignedFile() { std::free(data); }
+    AlignedFile(const AlignedFile&) = delete;
+    AlignedFile& operator=(const AlignedFile&) = delete;
+    operator std::span<uint8_t>() { return {data, size}; }
+    size_t size;
+    uint8_t* data;
+};
+
 StateSizes small_state_sizes() {
     StateSizes s;
     s.grant_table_bytes = 3 * 4096 + 100;
@@ -611,7 +626,7 @@ TEST_CASE(
 TEST_CASE("a restarted jitlb repairs a service map entry a crash left odd") {
     TempDir dir;
     const StateSizes sizes = small_state_sizes();
-    std::vector<uint8_t> file(compute_state_layout(sizes).total_bytes);
+    AlignedFile file(compute_state_layout(sizes).total_bytes);
     StateRegion region;
     start_state_region(file, sizes, 1, 1, region);
     const uint32_t a = service_map_assign(region, "a");
@@ -636,7 +651,7 @@ TEST_CASE("a restarted jitlb repairs a service map entry a crash left odd") {
 
 TEST_CASE("the service map assigns ids by entry, finds names and frees entries") {
     const StateSizes sizes = small_state_sizes();
-    std::vector<uint8_t> file(compute_state_layout(sizes).total_bytes);
+    AlignedFile file(compute_state_layout(sizes).total_bytes);
     StateRegion region;
     start_state_region(file, sizes, 1, 1, region);
     const uint64_t g0 = read_service_map_generation(*region.header);
@@ -674,7 +689,7 @@ TEST_CASE("service map readers never see a torn entry while the writer rewrites 
     // JITLB_SEQLOCK_TORTURE_SECONDS bounds it (default 2 s).
     StateSizes sizes = small_state_sizes();
     sizes.service_capacity = 1;
-    std::vector<uint8_t> file(compute_state_layout(sizes).total_bytes);
+    AlignedFile file(compute_state_layout(sizes).total_bytes);
     StateRegion region;
     start_state_region(file, sizes, 1, 1, region);
     const std::span<const ServiceMapEntry> readonly(region.services);
@@ -810,4 +825,17 @@ TEST_CASE("jitd's cmd file and jitlb's state file carry commands and events both
         REQUIRE(push_message(events, GrantExpired{}).ok());
         CHECK(pop_message(jitd_reads, Direction::event, buf, decoded).status == ReceiveStatus::ok);
     }
+}
+
+TEST_CASE("a mapping that is not page aligned is refused, not written") {
+    const StateSizes sizes = small_state_sizes();
+    AlignedFile file(compute_state_layout(sizes).total_bytes + 64);
+    StateRegion region;
+    const std::span<uint8_t> shifted(file.data + 64, file.size - 64);
+    const auto [code, message] = region_error([&] { start_state_region(shifted, sizes, 1, 1, region); });
+    CHECK(code == RegionErrc::bad_argument);
+    CHECK_THAT(message, Catch::Matchers::Contains("not 4096-byte aligned"));
+    CHECK(file.data[64] == 0);
+    CHECK(region_error([&] { attach_state_region(shifted, "x", sizes.grant_format_hash); }).first ==
+          RegionErrc::bad_argument);
 }
