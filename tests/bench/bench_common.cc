@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include "bench_report.h"
+
 #include "flow.h"
 #include "flow_hash.h"
 #include "maglev.h"
@@ -27,61 +29,7 @@ using namespace jitlb;
 
 namespace {
 
-// The figures of one run, in the order they were measured.
-class Report {
-  public:
-    // `key` is the JSON name: snake_case, with the unit in it.
-    void add(std::string key, double value, std::string_view text) {
-        std::printf("%-34s %s\n", key.c_str(), std::string(text).c_str());
-        std::fflush(stdout);
-        figures_.push_back({std::move(key), value});
-    }
-
-    bool write_json(const char* path) const {
-        std::FILE* out = std::fopen(path, "w");
-        if (out == nullptr) {
-            std::fprintf(stderr, "bench_common: cannot write %s: %s\n", path, std::strerror(errno));
-            return false;
-        }
-        std::fprintf(out, "{\n  \"program\": \"bench_common\"");
-        for (const Figure& f : figures_)
-            std::fprintf(out, ",\n  \"%s\": %.6g", f.key.c_str(), f.value);
-        std::fprintf(out, "\n}\n");
-        const bool ok = std::fclose(out) == 0;
-        if (!ok) std::fprintf(stderr, "bench_common: cannot write %s\n", path);
-        return ok;
-    }
-
-  private:
-    struct Figure {
-        std::string key;
-        double value;
-    };
-    std::vector<Figure> figures_;
-};
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The median of `runs` timings of `body`, in seconds: robust to the odd run
-// that an interrupt or a frequency change slowed down.
-template <class Body>
-double median_seconds(int runs, Body body) {
-    std::vector<double> times;
-    for (int i = 0; i < runs; ++i) {
-        const Clock::time_point start = Clock::now();
-        body();
-        times.push_back(seconds_since(start));
-    }
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-}
-
-// Results are folded into this so that the compiler cannot drop the work.
-volatile uint64_t g_sink;
+using namespace jitlb::bench;
 
 std::vector<std::string> backend_ids(size_t n) {
     std::vector<std::string> ids;
@@ -256,7 +204,7 @@ int main(int argc, char** argv) {
         bench_flow_hash,
         bench_packet_parse,
     };
-    Report report;
+    Report report("bench_common");
     for (const Section section : sections) section(report);
 
     if (json_path != nullptr && !report.write_json(json_path)) return 1;

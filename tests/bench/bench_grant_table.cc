@@ -27,67 +27,15 @@
 
 #include <fmt/format.h>
 
+#include "bench_report.h"
+
 #include "grant_table.h"
 
 using namespace jitlb;
 
 namespace {
 
-class Report {
-  public:
-    void add(std::string key, double value, std::string_view text) {
-        std::printf("%-40s %s\n", key.c_str(), std::string(text).c_str());
-        std::fflush(stdout);
-        figures_.push_back({std::move(key), value});
-    }
-    bool write_json(const char* path) const {
-        std::FILE* out = std::fopen(path, "w");
-        if (out == nullptr) {
-            std::fprintf(stderr, "bench_grant_table: cannot write %s: %s\n", path, std::strerror(errno));
-            return false;
-        }
-        std::fprintf(out, "{\n  \"program\": \"bench_grant_table\"");
-        for (const Figure& f : figures_) std::fprintf(out, ",\n  \"%s\": %.6g", f.key.c_str(), f.value);
-        std::fprintf(out, "\n}\n");
-        const bool ok = std::fclose(out) == 0;
-        if (!ok) std::fprintf(stderr, "bench_grant_table: cannot write %s\n", path);
-        return ok;
-    }
-
-  private:
-    struct Figure {
-        std::string key;
-        double value;
-    };
-    std::vector<Figure> figures_;
-};
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// This thread's CPU time: "per core" even when other work shares the machine.
-double thread_cpu_seconds() {
-    timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-template <class Body>
-double median_seconds(int runs, Body body) {
-    std::vector<double> times;
-    for (int i = 0; i < runs; ++i) {
-        const double start = thread_cpu_seconds();
-        body();
-        times.push_back(thread_cpu_seconds() - start);
-    }
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-}
-
-volatile uint64_t g_sink;
+using namespace jitlb::bench;
 
 constexpr size_t kHugePage = size_t{2} << 20;
 
@@ -299,7 +247,7 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    Report report;
+    Report report("bench_grant_table");
     if (only != 0) {
         bench_size(report, only, fmt::format("{}", only).c_str(), slots_per_grant, quick);
     } else {
