@@ -790,19 +790,52 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
     const uint64_t g1 = shared_load(*relocation_, kAcquire);
 
     // Stage 1: every key's hash and a prefetch of its home slot.
+    // Only the longest prefix in use is needed here, straight from the
+    // service's bitmap words (the general path builds a PrefixCursor later).
     for (size_t i = 0; i < n; ++i) {
-        out[i] = LookupResult{};
-        PrefixCursor c;
-        if (!start_cursor(keys[i], bitmaps_, max_service_id_, c)) continue;
-        single[i] = std::popcount(c.bits[0]) + std::popcount(c.bits[1]) + std::popcount(c.bits[2]) == 1;
-        const int p = c.next();
-        c.key_for(static_cast<unsigned>(p), meta[i], a0[i], a1[i]);
+        const LookupKey& k = keys[i];
+        if (k.service_id > max_service_id_) {
+            out[i] = LookupResult{};
+            continue;
+        }
+        const uint64_t* bm = bitmaps_ + uint64_t{k.service_id} * kBitmapWords;
+        unsigned p;
+        if (k.family == IpVersion::v4) {
+            const uint64_t bits = shared_load(bm[0], kAcquire) & ((uint64_t{1} << 33) - 1);
+            if (bits == 0) {
+                out[i] = LookupResult{};
+                continue;
+            }
+            p = 63u - static_cast<unsigned>(std::countl_zero(bits));
+            single[i] = (bits & (bits - 1)) == 0;
+            meta[i] = make_meta(k.service_id, kFamilyV4, p);
+            a0[i] = load_le32(k.address.data()) & prefix_mask64(p);
+            a1[i] = 0;
+        } else if (k.family == IpVersion::v6) {
+            const uint64_t w0 = shared_load(bm[1], kAcquire), w1 = shared_load(bm[2], kAcquire),
+                           w2 = shared_load(bm[3], kAcquire) & 1;
+            if ((w0 | w1 | w2) == 0) {
+                out[i] = LookupResult{};
+                continue;
+            }
+            p = w2 != 0 ? 128u
+                : w1 != 0 ? 127u - static_cast<unsigned>(std::countl_zero(w1))
+                          : 63u - static_cast<unsigned>(std::countl_zero(w0));
+            single[i] = std::popcount(w0) + std::popcount(w1) + std::popcount(w2) == 1;
+            meta[i] = make_meta(k.service_id, kFamilyV6, p);
+            a0[i] = load_le64(k.address.data()) & prefix_mask64(std::min(p, 64u));
+            a1[i] = load_le64(k.address.data() + 8) & prefix_mask64(p > 64 ? p - 64 : 0);
+        } else {
+            out[i] = LookupResult{};
+            continue;
+        }
         home[i] = key_hash(meta[i], a0[i], a1[i], seed_) & slot_mask_;
         __builtin_prefetch(hot_ + home[i] * kSlotWords, 0, 3);
         first[n_first++] = static_cast<uint8_t>(i);
     }
     // The general path for key i, from its home slot (re-read, now cached).
     const auto to_general = [&](size_t i, bool found) {
+        if (!found) out[i] = LookupResult{};
         Probe& b = probes[i];
         start_cursor(keys[i], bitmaps_, max_service_id_, b.cursor);
         b.prefix = b.cursor.next();
@@ -835,6 +868,7 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
         } else if (single[i] && (v[at(kHop)] & kHopOverflow) == 0) {
             const uint64_t hop = v[at(kHop)];
             if (hop == 0) {
+                out[i] = LookupResult{};
                 used_miss |= uint32_t{1} << i;
                 continue;
             }
@@ -859,6 +893,7 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
             out[i] = {classify(v[at(kNb)], v[at(kNa)], now), static_cast<uint8_t>(meta[i] >> 24),
                       static_cast<uint32_t>(m >> 32), v[at(kGen)], v[at(kNb)], v[at(kNa)]};
         } else if (cand_hop[i] == 0) {
+            out[i] = LookupResult{};
             used_miss |= uint32_t{1} << i;
         } else {
             to_general(i, false);  // more candidates: rare
