@@ -26,12 +26,6 @@ using MacAddress = std::array<uint8_t, 6>;
 
 enum class EncapKind : uint8_t { ipip = 0, gue = 1 };
 
-// An address with its family, IPv4 in the first 4 bytes.
-struct IpAddress {
-    IpVersion version = IpVersion::none;
-    std::array<uint8_t, 16> bytes{};
-    friend bool operator==(const IpAddress&, const IpAddress&) = default;
-};
 
 // The outer source prefix: per-flow entropy replaces its host bits.
 struct SourcePrefix {

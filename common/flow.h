@@ -27,4 +27,12 @@ struct FlowTuple {
 static_assert(sizeof(FlowTuple) == 40);
 static_assert(offsetof(FlowTuple, src_port) == 32);
 
+// An address with its family; IPv4 occupies bytes 0..3 and bytes 4..15 are
+// zero (as in FlowTuple). One type for messages, encapsulation and config.
+struct IpAddress {
+    IpVersion version = IpVersion::none;
+    std::array<uint8_t, 16> bytes{};
+    friend bool operator==(const IpAddress&, const IpAddress&) = default;
+};
+
 }  // namespace jitlb

@@ -104,12 +104,6 @@ enum class CommandRejectReason : uint16_t {
 
 using GrantId = std::array<uint8_t, 16>;
 
-// An IPv4 address occupies bytes 0..3 and bytes 4..15 are zero (as in FlowTuple).
-struct IpAddress {
-    IpVersion version = IpVersion::v4;
-    std::array<uint8_t, 16> bytes{};
-    friend bool operator==(const IpAddress&, const IpAddress&) = default;
-};
 
 // --- commands -------------------------------------------------------------------
 
