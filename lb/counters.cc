@@ -1,0 +1,2 @@
+// Filled in by the data-plane issue.
+namespace jitlb::lb {}

@@ -1,0 +1,65 @@
+// The data plane's counters (docs/counters.md): one cache-line-aligned block
+// per worker, one writer each, plain increments on the worker's own memory.
+// The main lcore sums the blocks (relaxed reads of aligned u64s are never
+// torn) into the state file's stats lines, telemetry and the exit report.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "packet.h"
+
+namespace jitlb::lb {
+
+// Order is not part of any format: readers use the names.
+enum class Counter : uint16_t {
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_bytes,
+    forwarded,            // sent towards a backend
+    arp_replies,          // ARP requests for our addresses / VIPs answered
+    nd_replies,           // neighbour solicitations answered
+    echo_replies,         // ICMP / ICMPv6 echo to a VIP answered
+    to_exception,         // handed to the main lcore for the exception port
+    conn_new,             // flows added to the connection table
+    conn_hit,             // packets whose flow was in the connection table
+    conn_table_full,      // new flow not tracked: table full (Maglev only)
+    conn_rehashed,        // tracked flow whose backend is gone: chosen again
+    resets_sent,          // TCP resets for flows whose grant ended
+    // Drops, by reason (beyond the parser's, counted in parse_drops).
+    drop_unknown_vip,
+    drop_no_grant,
+    drop_grant_expired,
+    drop_grant_not_yet_valid,
+    drop_grant_busy,      // the grant table entry was being written all retries long
+    drop_ip_fragment,
+    drop_service_down,    // service disabled or without backends
+    drop_not_for_us,      // ARP / ND / ICMP for an address that is not ours
+    drop_icmp_not_allowed,
+    drop_icmp_mtu_too_small,  // packet-too-big below 576 (v4) / 1280 (v6)
+    drop_too_big,         // encapsulated packet above the port MTU (PTB sent)
+    drop_encap_failed,
+    drop_no_headroom,
+    drop_exception_denied,  // not on the exception allowlist
+    drop_exception_full,    // exception ring full
+    drop_tx_full,           // tx ring did not take it
+    count_
+};
+
+std::string_view counter_name(Counter c) noexcept;
+
+// Per service (packets, bytes forwarded) lives in the worker's service
+// counters; this block is fixed-size.
+struct alignas(64) WorkerCounters {
+    std::array<uint64_t, static_cast<size_t>(Counter::count_)> by_counter{};
+    std::array<uint64_t, static_cast<size_t>(DropReason::count_)> parse_drops{};
+
+    void add(Counter c, uint64_t n = 1) noexcept { by_counter[static_cast<size_t>(c)] += n; }
+    uint64_t get(Counter c) const noexcept { return by_counter[static_cast<size_t>(c)]; }
+    uint64_t total_drops() const noexcept;
+};
+
+}  // namespace jitlb::lb

@@ -1,0 +1,2 @@
+// jitlb: the data plane's entry point. Filled in by the data-plane issue.
+int main() { return 1; }

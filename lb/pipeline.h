@@ -1,0 +1,111 @@
+// The worker's per-burst pipeline over plain bytes (no DPDK): parse, answer
+// ARP / ND for our addresses and VIPs, find the service by VIP, look the
+// burst's grants up in one bulk call, keep flows on their backend in a
+// per-worker connection table, choose new flows' backends by Maglev, and
+// rewrite each packet for its service's forwarding mode. The DPDK worker
+// (lb/worker.cc) maps mbufs to PacketBuf and back; tests feed plain buffers.
+//
+// Nothing here allocates, locks, logs or makes a system call once built.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "counters.h"
+#include "encap.h"
+#include "flow.h"
+#include "grant_table.h"
+#include "packet.h"
+#include "service_table.h"
+
+namespace jitlb::lb {
+
+inline constexpr size_t kBurst = 32;
+
+// A packet in a buffer that may grow at the front (headroom) for
+// encapsulation; the pipeline moves `data` back and updates `len`.
+struct PacketBuf {
+    uint8_t* data = nullptr;
+    uint32_t len = 0;
+    uint32_t headroom = 0;  // bytes before data that may be used
+    uint32_t tailroom = 0;  // bytes after data + len that may be used
+};
+
+enum class Action : uint8_t {
+    drop = 0,   // counted with its reason
+    transmit,   // send on the port it came from
+    exception,  // hand to the main lcore (exception port), allowlisted
+};
+
+// What the node is, as workers need it (from the config).
+struct NodeIdentity {
+    MacAddress mac{};            // the port's own MAC
+    MacAddress next_hop_mac{};   // where encapsulated packets go
+    std::vector<IpAddress> addresses;  // the node's own addresses
+    SourcePrefix outer_source_v4;      // outer source for IPv4 backends
+    SourcePrefix outer_source_v6;
+    uint8_t outer_ttl = 64;
+    uint32_t mtu = 1500;  // IP MTU of the port
+    uint64_t flow_hash_seed = 0;
+    uint64_t ticks_per_second = 1000;  // timebase of now_ticks (grant table's)
+};
+
+struct ConnTableConfig {
+    uint32_t capacity = 1u << 16;  // flows per worker; rounded up to a power of two
+    uint32_t idle_timeout_ms = 300'000;
+    uint32_t closed_timeout_ms = 10'000;  // after FIN or RST
+};
+
+// The connection table: 5-tuple -> (service, backend id hash) with aging.
+// Open addressing, bounded probe; full -> the caller falls back to Maglev.
+class ConnTable {
+  public:
+    explicit ConnTable(const ConnTableConfig& config, uint64_t ticks_per_second);
+    struct Entry {
+        FlowTuple flow{};
+        uint64_t last_seen = 0;  // ticks; 0 = empty
+        uint64_t expires = 0;    // ticks
+        uint64_t service_generation = 0;
+        uint32_t backend = 0;    // index into the service's backends at that generation
+        uint64_t backend_key = 0;  // hash of the backend's id: survives re-indexing
+        uint16_t service_id = 0;
+        bool closing = false;
+    };
+    // The live entry for `flow`, or nullptr.
+    Entry* find(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept;
+    // A new entry (or nullptr when the probe window is full of live entries).
+    Entry* insert(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept;
+    void touch(Entry& e, uint64_t now, bool closing) noexcept;
+    size_t live(uint64_t now) const noexcept;  // slow: for tests and stats
+
+  private:
+    std::vector<Entry> slots_;
+    uint64_t mask_ = 0;
+    uint64_t idle_ticks_ = 0;
+    uint64_t closed_ticks_ = 0;
+};
+
+class Pipeline {
+  public:
+    Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
+             WorkerCounters& counters);
+
+    // Processes up to kBurst packets with one service snapshot and one clock
+    // reading. actions[i] says what to do with pkts[i] (rewritten in place).
+    void process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services,
+                       uint64_t now_ticks, std::span<Action> actions) noexcept;
+
+    const ConnTable& connections() const noexcept { return conns_; }
+    const NodeIdentity& node() const noexcept { return node_; }
+
+  private:
+    NodeIdentity node_;
+    ConnTable conns_;
+    GrantTableReader grants_;
+    WorkerCounters& counters_;
+};
+
+}  // namespace jitlb::lb

@@ -1,0 +1,158 @@
+// The data plane's services: VIP -> service, each service's forwarding mode,
+// backends and Maglev table. The main lcore applies ServiceSet, BackendSet and
+// ServiceDelete commands (common/messages.h) by building a new immutable
+// ServiceSnapshot and publishing it with one release store; workers load the
+// current snapshot once per burst (acquire) and report the generation they
+// are done with (Quiescence), so the main lcore frees an old snapshot only
+// when no worker can still hold it. No DPDK here: unit tests and TSan build it.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "encap.h"
+#include "flow.h"
+#include "messages.h"
+
+namespace jitlb::lb {
+
+inline constexpr uint16_t kNoService = 0;
+
+struct BackendInfo {
+    std::string id;  // the Maglev id
+    IpAddress address;
+    MacAddress mac{};  // L2 DSR: the backend's MAC
+    uint32_t weight = 1;
+};
+
+// One service as workers see it. Immutable once published; shared between
+// snapshots (a change to one service rebuilds only that one).
+struct Service {
+    uint16_t id = kNoService;  // the state file's service id (1..65535)
+    std::string name;
+    ForwardingMode mode = ForwardingMode::ipip;
+    uint16_t gue_port = 0;
+    uint32_t flags = 0;  // kServiceFlag*
+    std::vector<Vip> vips;
+    std::vector<BackendInfo> backends;
+    std::vector<uint32_t> maglev;  // indices into backends; empty: no backends
+    uint64_t generation = 0;       // bumped each time this service is applied
+
+    bool forwarding() const noexcept { return (flags & kServiceFlagDisabled) == 0 && !maglev.empty(); }
+};
+
+// A VIP key as the parser sees it: destination address, IP protocol, port.
+struct VipKey {
+    std::array<uint8_t, 16> address{};
+    IpVersion family = IpVersion::none;
+    uint8_t protocol = 0;
+    uint16_t port = 0;
+    friend bool operator==(const VipKey&, const VipKey&) = default;
+};
+
+// Everything workers read, switched as one. Open addressing over a power-of-two
+// array of VIP slots; services by id.
+class ServiceSnapshot {
+  public:
+    uint64_t generation() const noexcept { return generation_; }
+    // The service listening on (address, protocol, port), or nullptr.
+    const Service* find(const VipKey& key) const noexcept;
+    // Whether `address` is any service's VIP (for ARP / ND replies).
+    bool is_vip_address(const IpAddress& address) const noexcept;
+    const Service* by_id(uint16_t id) const noexcept {
+        return id < by_id_.size() ? by_id_[id].get() : nullptr;
+    }
+    size_t service_count() const noexcept { return count_; }
+
+  private:
+    friend class ServiceTable;
+    struct VipSlot {
+        VipKey key;
+        const Service* service = nullptr;  // nullptr: empty slot
+    };
+    uint64_t generation_ = 0;
+    size_t count_ = 0;
+    std::vector<VipSlot> vip_slots_;  // power of two, load <= 1/2
+    uint64_t vip_mask_ = 0;
+    std::vector<IpAddress> vip_addresses_;  // distinct, sorted
+    std::vector<std::shared_ptr<const Service>> by_id_;  // index = id
+};
+
+uint64_t vip_hash(const VipKey& key) noexcept;
+
+// Workers announce, after each burst, the snapshot generation they loaded;
+// the main lcore frees a snapshot once every worker's announced generation is
+// newer (an idle worker announces too: its loop runs even with no packets).
+// Slots are cache-line sized; one writer each (its worker), read by the main
+// lcore: release store / acquire load.
+class Quiescence {
+  public:
+    explicit Quiescence(size_t workers);
+    // Worker `w`: done with everything older than `generation`.
+    void announce(size_t w, uint64_t generation) noexcept;
+    // Worker `w` stopped polling (never holds a snapshot again).
+    void go_offline(size_t w) noexcept;
+    // The smallest generation any online worker may still hold; UINT64_MAX
+    // when none is online.
+    uint64_t oldest_in_use() const noexcept;
+    size_t workers() const noexcept { return slots_.size(); }
+
+  private:
+    struct alignas(64) Slot {
+        std::atomic<uint64_t> generation{0};
+    };
+    std::vector<Slot> slots_;
+};
+
+// What applying a command did, for the event the main lcore posts.
+struct ServiceApplyResult {
+    bool ok = false;
+    CommandRejectReason reason = CommandRejectReason::internal;  // when !ok
+    std::string error;  // when !ok: what was wrong, with the value
+    uint16_t service_id = kNoService;
+    uint64_t generation = 0;  // the service's, when ok
+};
+
+// The main lcore's side. Not thread-safe: one owner. Workers use current().
+class ServiceTable {
+  public:
+    ServiceTable();
+    ~ServiceTable();
+    ServiceTable(const ServiceTable&) = delete;
+    ServiceTable& operator=(const ServiceTable&) = delete;
+
+    // `id` is the service's id in the state file's map (assigned by the
+    // caller). Validates everything first (VIPs that another service holds,
+    // table size prime, mode/port), then publishes; on error nothing changes.
+    // A ServiceSet keeps the service's backends; a BackendSet keeps its
+    // definition and rebuilds its Maglev table.
+    ServiceApplyResult apply(uint16_t id, const ServiceSet& set);
+    ServiceApplyResult apply(const BackendSet& set);
+    ServiceApplyResult remove(std::string_view name);
+
+    std::optional<uint16_t> id_of(std::string_view name) const;
+    const Service* find_by_name(std::string_view name) const;
+
+    // For workers: the snapshot to use for one burst (acquire).
+    const ServiceSnapshot* current() const noexcept { return current_.load(std::memory_order_acquire); }
+    // Frees retired snapshots no worker can still hold.
+    size_t reclaim(const Quiescence& quiescence);
+    size_t retired_count() const noexcept { return retired_.size(); }
+    uint64_t generation() const noexcept { return generation_; }
+
+  private:
+    void publish(std::vector<std::shared_ptr<const Service>> by_id);
+    std::atomic<const ServiceSnapshot*> current_{nullptr};
+    std::unique_ptr<ServiceSnapshot> owned_current_;
+    std::vector<std::unique_ptr<ServiceSnapshot>> retired_;
+    uint64_t generation_ = 0;
+};
+
+}  // namespace jitlb::lb
