@@ -1,0 +1,2 @@
+// Filled in by the data-plane issue.
+int main() { return 1; }
