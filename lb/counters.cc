@@ -1,2 +1,52 @@
-// Filled in by the data-plane issue.
-namespace jitlb::lb {}
+// Counter names (counters.h): stable, used by stats, telemetry and docs/counters.md.
+#include "counters.h"
+
+namespace jitlb::lb {
+
+std::string_view counter_name(Counter c) noexcept {
+    switch (c) {
+        case Counter::rx_packets: return "rx_packets";
+        case Counter::rx_bytes: return "rx_bytes";
+        case Counter::tx_packets: return "tx_packets";
+        case Counter::tx_bytes: return "tx_bytes";
+        case Counter::forwarded: return "forwarded";
+        case Counter::arp_replies: return "arp_replies";
+        case Counter::nd_replies: return "nd_replies";
+        case Counter::echo_replies: return "echo_replies";
+        case Counter::to_exception: return "to_exception";
+        case Counter::conn_new: return "conn_new";
+        case Counter::conn_hit: return "conn_hit";
+        case Counter::conn_table_full: return "conn_table_full";
+        case Counter::conn_rehashed: return "conn_rehashed";
+        case Counter::resets_sent: return "resets_sent";
+        case Counter::drop_unknown_vip: return "unknown_vip";
+        case Counter::drop_no_grant: return "no_grant";
+        case Counter::drop_grant_expired: return "grant_expired";
+        case Counter::drop_grant_not_yet_valid: return "grant_not_yet_valid";
+        case Counter::drop_grant_busy: return "grant_busy";
+        case Counter::drop_ip_fragment: return "ip_fragment";
+        case Counter::drop_service_down: return "service_down";
+        case Counter::drop_not_for_us: return "not_for_us";
+        case Counter::drop_icmp_not_allowed: return "icmp_not_allowed";
+        case Counter::drop_icmp_mtu_too_small: return "icmp_mtu_too_small";
+        case Counter::drop_too_big: return "too_big";
+        case Counter::drop_encap_failed: return "encap_failed";
+        case Counter::drop_no_headroom: return "no_headroom";
+        case Counter::drop_exception_denied: return "exception_denied";
+        case Counter::drop_exception_full: return "exception_full";
+        case Counter::drop_tx_full: return "tx_full";
+        case Counter::count_: break;
+    }
+    return "unknown";
+}
+
+bool is_drop(Counter c) noexcept { return c >= Counter::drop_unknown_vip && c < Counter::count_; }
+
+uint64_t WorkerCounters::total_drops() const noexcept {
+    uint64_t n = 0;
+    for (size_t i = static_cast<size_t>(Counter::drop_unknown_vip); i < by_counter.size(); ++i) n += by_counter[i];
+    for (size_t i = 1; i < parse_drops.size(); ++i) n += parse_drops[i];
+    return n;
+}
+
+}  // namespace jitlb::lb

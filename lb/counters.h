@@ -50,6 +50,7 @@ enum class Counter : uint16_t {
 };
 
 std::string_view counter_name(Counter c) noexcept;
+bool is_drop(Counter c) noexcept;
 
 // Per service (packets, bytes forwarded) lives in the worker's service
 // counters; this block is fixed-size.

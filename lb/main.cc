@@ -1,2 +1,469 @@
-// jitlb: the data plane's entry point. Filled in by the data-plane issue.
-int main() { return 1; }
+// jitlb: the DPDK data plane. A straight line of checked set-up calls (EAL,
+// config, state file, ports), then one main lcore that runs the control loop
+// on a short tick and sleeps between ticks, and worker lcores that poll their
+// rx queues and run the pipeline (lb/pipeline.h) on each burst.
+//
+//   jitlb [EAL options] -- --config jitlb.toml [--exit-when-idle MS]
+//                          [--clock-shift-ms MS] [--stats-json PATH]
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+#include <rte_ring.h>
+
+#include <CLI/CLI.hpp>
+#include <sodium.h>
+#include <fmt/format.h>
+
+#include "config.h"
+#include "control_loop.h"
+#include "counters.h"
+#include "pipeline.h"
+#include "service_table.h"
+#include "shared_file.h"
+#include "shared_layout.h"
+
+using namespace jitlb;
+using namespace jitlb::lb;
+
+namespace {
+
+constexpr uint32_t kMbufsPerPort = 8191;
+constexpr uint32_t kMbufCache = 256;
+constexpr uint32_t kExceptionRingSize = 1024;
+
+std::atomic<bool> g_stop{false};
+std::atomic<bool> g_reload{false};
+
+void on_signal(int sig) {
+    if (sig == SIGHUP) g_reload.store(true, std::memory_order_relaxed);
+    else g_stop.store(true, std::memory_order_relaxed);
+}
+
+[[noreturn]] void die(const std::string& what) {
+    std::fprintf(stderr, "jitlb: %s\n", what.c_str());
+    std::exit(1);
+}
+
+[[noreturn]] void die_rte(const std::string& what) {
+    die(fmt::format("{}: {}", what, rte_strerror(rte_errno)));
+}
+
+// The wall clock the control loop uses; --clock-shift-ms moves it for tests.
+class TscClock final : public Clock {
+  public:
+    explicit TscClock(int64_t shift_ms) : shift_ms_(shift_ms) {}
+    int64_t unix_ms() override {
+        timespec ts{};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000 + shift_ms_;
+    }
+    uint64_t ticks() override { return rte_rdtsc(); }
+
+  private:
+    int64_t shift_ms_;
+};
+
+struct RxQueue {
+    uint16_t port;
+    uint16_t queue;
+};
+
+struct alignas(64) WorkerContext {
+    unsigned index = 0;
+    std::vector<RxQueue> queues;
+    std::unique_ptr<Pipeline> pipeline;
+    WorkerCounters* counters = nullptr;
+    rte_ring* exception_ring = nullptr;  // to the main lcore (SP/SC)
+    const ServiceTable* services = nullptr;
+    Quiescence* quiescence = nullptr;
+    const StateHeader* state_header = nullptr;
+    std::atomic<uint64_t> last_rx_tsc{0};
+};
+
+int worker_main(void* arg) {
+    WorkerContext& w = *static_cast<WorkerContext*>(arg);
+    rte_mbuf* mbufs[kBurst];
+    rte_mbuf* tx[kBurst];
+    rte_mbuf* drop[kBurst];
+    PacketBuf bufs[kBurst];
+    Action actions[kBurst];
+    while (!g_stop.load(std::memory_order_relaxed)) {
+        const ServiceSnapshot* snap = w.services->current();
+        const uint64_t tsc = rte_rdtsc();
+        const uint64_t now = tsc + static_cast<uint64_t>(read_clock_offset(*w.state_header));
+        for (const RxQueue& q : w.queues) {
+            const uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
+            if (n == 0) continue;
+            w.last_rx_tsc.store(tsc, std::memory_order_relaxed);
+            uint16_t n_ok = 0;
+            for (uint16_t i = 0; i < n; ++i) {
+                rte_mbuf* m = mbufs[i];
+                if (m->nb_segs != 1) {  // jitlb's ports use one segment per packet
+                    w.counters->add(Counter::rx_packets);
+                    w.counters->add(Counter::drop_no_headroom);
+                    rte_pktmbuf_free(m);
+                    continue;
+                }
+                mbufs[n_ok] = m;
+                bufs[n_ok] = {rte_pktmbuf_mtod(m, uint8_t*), m->data_len, rte_pktmbuf_headroom(m),
+                              rte_pktmbuf_tailroom(m)};
+                ++n_ok;
+            }
+            w.pipeline->process_burst({bufs, n_ok}, *snap, now, {actions, n_ok});
+            uint16_t n_tx = 0, n_drop = 0;
+            for (uint16_t i = 0; i < n_ok; ++i) {
+                rte_mbuf* m = mbufs[i];
+                switch (actions[i]) {
+                    case Action::transmit:
+                        m->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(m->buf_addr));
+                        m->data_len = static_cast<uint16_t>(bufs[i].len);
+                        m->pkt_len = bufs[i].len;
+                        tx[n_tx++] = m;
+                        break;
+                    case Action::exception:
+                        if (w.exception_ring == nullptr || rte_ring_sp_enqueue(w.exception_ring, m) != 0) {
+                            w.counters->add(Counter::drop_exception_full);
+                            drop[n_drop++] = m;
+                        }
+                        break;
+                    case Action::drop:
+                        drop[n_drop++] = m;
+                        break;
+                }
+            }
+            if (n_tx > 0) {
+                uint64_t bytes = 0;
+                for (uint16_t i = 0; i < n_tx; ++i) bytes += tx[i]->pkt_len;
+                const uint16_t sent = rte_eth_tx_burst(q.port, static_cast<uint16_t>(w.index), tx, n_tx);
+                for (uint16_t i = sent; i < n_tx; ++i) {
+                    bytes -= tx[i]->pkt_len;
+                    drop[n_drop++] = tx[i];
+                }
+                w.counters->add(Counter::tx_packets, sent);
+                w.counters->add(Counter::tx_bytes, bytes);
+                w.counters->add(Counter::drop_tx_full, static_cast<uint64_t>(n_tx - sent));
+            }
+            if (n_drop > 0) rte_pktmbuf_free_bulk(drop, n_drop);
+        }
+        w.quiescence->announce(w.index, snap->generation());
+    }
+    w.quiescence->go_offline(w.index);
+    return 0;
+}
+
+struct PortState {
+    PortConfig config;
+    uint16_t id = 0;
+    MacAddress mac{};
+};
+
+uint16_t probe_port(const std::string& device) {
+    const std::string name = device.substr(0, device.find(','));
+    uint16_t id = 0;
+    if (rte_eth_dev_get_port_by_name(name.c_str(), &id) == 0) return id;
+    if (rte_dev_probe(device.c_str()) != 0)
+        die(fmt::format("cannot attach device '{}' (is it a PCI address bound to a DPDK driver, "
+                        "or a virtual device spec such as net_pcap0,rx_pcap=in.pcap?)",
+                        device));
+    if (rte_eth_dev_get_port_by_name(name.c_str(), &id) != 0)
+        die(fmt::format("device '{}' attached but no ethdev port named '{}'", device, name));
+    return id;
+}
+
+void configure_port(uint16_t port, const PortConfig& pc, uint16_t rx_queues, uint16_t tx_queues,
+                    rte_mempool* pool) {
+    rte_eth_dev_info info{};
+    if (rte_eth_dev_info_get(port, &info) != 0) die_rte(fmt::format("port {}: dev_info", pc.name));
+    rte_eth_conf conf{};
+    if (rx_queues > 1 && info.flow_type_rss_offloads != 0) {
+        conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) &
+                                           info.flow_type_rss_offloads;
+    } else if (rx_queues > 1) {
+        die(fmt::format("port {} ({}) has no RSS: run one worker for it", pc.name, info.driver_name));
+    }
+    if (rx_queues > info.max_rx_queues || tx_queues > info.max_tx_queues)
+        die(fmt::format("port {} ({}) supports {} rx / {} tx queues, {} / {} needed", pc.name,
+                        info.driver_name, info.max_rx_queues, info.max_tx_queues, rx_queues, tx_queues));
+    if (const int r = rte_eth_dev_configure(port, rx_queues, tx_queues, &conf); r != 0)
+        die(fmt::format("port {}: configure: {}", pc.name, rte_strerror(-r)));
+    uint16_t nb_rx = pc.rx_descriptors, nb_tx = pc.tx_descriptors;
+    if (rte_eth_dev_adjust_nb_rx_tx_desc(port, &nb_rx, &nb_tx) != 0) die_rte(fmt::format("port {}: descriptors", pc.name));
+    const int socket = rte_eth_dev_socket_id(port);
+    for (uint16_t q = 0; q < rx_queues; ++q)
+        if (const int r = rte_eth_rx_queue_setup(port, q, nb_rx, static_cast<unsigned>(socket), nullptr, pool); r != 0)
+            die(fmt::format("port {}: rx queue {}: {}", pc.name, q, rte_strerror(-r)));
+    for (uint16_t q = 0; q < tx_queues; ++q)
+        if (const int r = rte_eth_tx_queue_setup(port, q, nb_tx, static_cast<unsigned>(socket), nullptr); r != 0)
+            die(fmt::format("port {}: tx queue {}: {}", pc.name, q, rte_strerror(-r)));
+    if (pc.mtu != 1500) {
+        if (const int r = rte_eth_dev_set_mtu(port, static_cast<uint16_t>(pc.mtu)); r != 0 && r != -ENOTSUP)
+            die(fmt::format("port {}: MTU {}: {}", pc.name, pc.mtu, rte_strerror(-r)));
+    }
+}
+
+GrantTableMacKey read_mac_key(const std::string& path) {
+    GrantTableMacKey key{};
+    struct stat st{};
+    if (stat(path.c_str(), &st) != 0) {
+        // First start: make one, readable by jitlb only.
+        const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+        if (fd < 0) die(fmt::format("cannot create MAC key file {}: {}", path, std::strerror(errno)));
+        randombytes_buf(key.data(), key.size());
+        const bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size());
+        close(fd);
+        if (!ok) die(fmt::format("cannot write MAC key file {}", path));
+        return key;
+    }
+    if ((st.st_mode & 077) != 0)
+        die(fmt::format("MAC key file {} is readable by others (mode {:o}): chmod 600 {}", path,
+                        st.st_mode & 0777, path));
+    std::ifstream in(path, std::ios::binary);
+    in.read(reinterpret_cast<char*>(key.data()), static_cast<std::streamsize>(key.size()));
+    if (in.gcount() != static_cast<std::streamsize>(key.size()) || in.peek() != EOF)
+        die(fmt::format("MAC key file {} must hold exactly {} bytes", path, key.size()));
+    return key;
+}
+
+ControlConfig control_config_from(const NodeConfig& config, const GrantTableMacKey& mac_key, uint64_t tsc_hz) {
+    ControlConfig cc;
+    cc.instance = config.instance;
+    RegionDirs dirs;
+    if (config.region_dir.empty() || config.cmd_dir.empty()) {
+        dirs = detect_region_dirs();
+        if (!dirs.warning.empty()) std::fprintf(stderr, "jitlb: %s\n", dirs.warning.c_str());
+    }
+    cc.region_dir = config.region_dir.empty() ? dirs.state_dir : config.region_dir;
+    cc.cmd_dir = config.cmd_dir.empty() ? dirs.cmd_dir : config.cmd_dir;
+    const std::optional<uid_t> owner = uid_of_user(config.cmd_file_owner);
+    if (!owner) die(fmt::format("cmd file owner '{}' is not a user on this system (scripts/setup creates jitd)",
+                                config.cmd_file_owner));
+    cc.cmd_owner_uid = *owner;
+    cc.issuer_keys_file = config.issuer_keys_file;
+    cc.mac_key = mac_key;
+    cc.grant_capacity = config.grant_capacity;
+    cc.skew_ms = config.skew_ms;
+    cc.max_duration_ms = config.max_grant_duration_ms;
+    cc.horizon_ms = config.not_before_horizon_ms;
+    cc.verify_per_tick = config.verify_per_tick;
+    cc.ticks_per_second = tsc_hz;
+    cc.service_capacity = config.service_capacity;
+    return cc;
+}
+
+std::string counters_json(const WorkerCounters& total) {
+    std::string s = "{";
+    for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
+        s += fmt::format("{}\"{}\": {}", i ? ", " : "", counter_name(static_cast<Counter>(i)), total.by_counter[i]);
+    for (size_t i = 1; i < static_cast<size_t>(DropReason::count_); ++i)
+        s += fmt::format(", \"parse_{}\": {}", drop_reason_name(static_cast<DropReason>(i)), total.parse_drops[i]);
+    return s + "}";
+}
+
+void add_counters(WorkerCounters& total, const WorkerCounters& w) {
+    for (size_t i = 0; i < total.by_counter.size(); ++i)
+        total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
+    for (size_t i = 0; i < total.parse_drops.size(); ++i)
+        total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const int eal_args = rte_eal_init(argc, argv);
+    if (eal_args < 0) die_rte("EAL init failed (check hugepages, --file-prefix, -l)");
+    argc -= eal_args;
+    argv += eal_args;
+
+    CLI::App app{"jitlb: the data plane. Usage: jitlb [EAL options] -- --config FILE [options]"};
+    std::string config_path, stats_json, start_ports_after;
+    uint64_t exit_when_idle_ms = 0;
+    int64_t clock_shift_ms = 0;
+    app.add_option("--config", config_path, "the node's TOML configuration")->required();
+    app.add_option("--exit-when-idle", exit_when_idle_ms,
+                   "stop once no packet has arrived for MS milliseconds (pcap tests)");
+    app.add_option("--clock-shift-ms", clock_shift_ms, "move jitlb's clock (tests only)");
+    app.add_option("--stats-json", stats_json, "write the counters as JSON here at exit");
+    app.add_option("--start-ports-after", start_ports_after,
+                   "keep the ports stopped, applying commands, until this file exists (a test stages "
+                   "services and grants first: jitd can push only once jitlb has attached)");
+    argv[0] = const_cast<char*>("jitlb");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+
+    auto loaded = load_node_config(config_path);
+    if (auto* err = std::get_if<ConfigError>(&loaded)) die(err->to_string());
+    const NodeConfig config = std::get<NodeConfig>(std::move(loaded));
+    std::printf("jitlb: %s\n", describe(config).c_str());
+
+    // Lcores: the main one runs the control loop; every other one is a worker.
+    std::vector<unsigned> worker_lcores;
+    unsigned lcore = 0;
+    RTE_LCORE_FOREACH_WORKER(lcore) worker_lcores.push_back(lcore);
+    if (worker_lcores.empty()) die("no worker lcore: give EAL at least two lcores, e.g. -l 0,1");
+    const auto n_workers = static_cast<uint16_t>(worker_lcores.size());
+
+    // Ports.
+    std::vector<PortState> ports;
+    for (const PortConfig& pc : config.ports) {
+        PortState p;
+        p.config = pc;
+        p.id = probe_port(pc.device);
+        ports.push_back(p);
+    }
+    rte_mempool* pool = rte_pktmbuf_pool_create(
+        "jitlb_mbufs", kMbufsPerPort * static_cast<uint32_t>(ports.size() + 1), kMbufCache, 0,
+        RTE_MBUF_DEFAULT_BUF_SIZE, static_cast<int>(rte_socket_id()));
+    if (pool == nullptr) die_rte("mbuf pool");
+    for (PortState& p : ports) {
+        const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
+        configure_port(p.id, p.config, rx_queues, n_workers, pool);
+        if (p.config.mac_set) {
+            p.mac = p.config.mac;
+        } else {
+            rte_ether_addr a{};
+            if (rte_eth_macaddr_get(p.id, &a) != 0) die_rte(fmt::format("port {}: MAC", p.config.name));
+            std::memcpy(p.mac.data(), a.addr_bytes, 6);
+        }
+    }
+
+    // The state file, grant table, services and the control loop.
+    ServiceTable services;
+    TscClock clock(clock_shift_ms);
+    ControlConfig cc = control_config_from(config, read_mac_key(config.mac_key_file), rte_get_tsc_hz());
+    std::unique_ptr<ControlLoop> control;
+    try {
+        control = ControlLoop::open(cc, services, clock);
+    } catch (const std::exception& e) {
+        die(e.what());
+    }
+    // Stage what is waiting (tests push services and grants first).
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
+    if (!start_ports_after.empty()) {
+        std::printf("jitlb: waiting for %s before starting ports\n", start_ports_after.c_str());
+        std::fflush(stdout);
+        while (access(start_ports_after.c_str(), F_OK) != 0 && !g_stop.load()) {
+            control->tick();
+            std::this_thread::sleep_for(std::chrono::microseconds(config.tick_us));
+        }
+    }
+    control->drain_all();
+
+    // Workers: each owns its rx queue on every port and tx queue `index`.
+    Quiescence quiescence(n_workers);
+    StateRegion& state = control->state();
+    const size_t counter_blocks = state.worker_stats.size() / sizeof(WorkerCounters);
+    if (counter_blocks < n_workers) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
+    std::vector<std::unique_ptr<WorkerContext>> workers;
+    for (uint16_t w = 0; w < n_workers; ++w) {
+        auto ctx = std::make_unique<WorkerContext>();
+        ctx->index = w;
+        for (const PortState& p : ports) {
+            const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
+            for (uint16_t q = w; q < rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
+        }
+        ctx->counters = new (state.worker_stats.data() + w * sizeof(WorkerCounters)) WorkerCounters{};
+        NodeIdentity node;
+        node.mac = ports[0].mac;
+        node.next_hop_mac = ports[0].config.next_hop_mac;
+        node.addresses = config.addresses;
+        node.outer_source_v4 = config.outer_source_v4;
+        node.outer_source_v6 = config.outer_source_v6;
+        node.outer_ttl = config.outer_ttl;
+        node.mtu = ports[0].config.mtu;
+        node.flow_hash_seed = config.flow_hash_seed;
+        node.ticks_per_second = rte_get_tsc_hz();
+        ConnTableConfig conn{config.conn_table_capacity, config.conn_idle_timeout_ms, config.conn_closed_timeout_ms};
+        ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters);
+        ctx->services = &services;
+        ctx->quiescence = &quiescence;
+        ctx->state_header = state.header;
+        if (!config.exception_port.empty()) {
+            ctx->exception_ring = rte_ring_create(fmt::format("jitlb_exc{}", w).c_str(), kExceptionRingSize,
+                                                  static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
+            if (ctx->exception_ring == nullptr) die_rte("exception ring");
+        }
+        workers.push_back(std::move(ctx));
+    }
+
+    for (PortState& p : ports)
+        if (const int r = rte_eth_dev_start(p.id); r != 0)
+            die(fmt::format("port {}: start: {}", p.config.name, rte_strerror(-r)));
+
+    const uint64_t hz = rte_get_tsc_hz();
+    const uint64_t started = rte_rdtsc();
+    for (uint16_t w = 0; w < n_workers; ++w) {
+        workers[w]->last_rx_tsc.store(started, std::memory_order_relaxed);
+        if (rte_eal_remote_launch(worker_main, workers[w].get(), worker_lcores[w]) != 0)
+            die(fmt::format("cannot launch worker on lcore {}", worker_lcores[w]));
+    }
+    std::printf("jitlb: running: %u worker(s), %zu port(s)\n", n_workers, ports.size());
+    std::fflush(stdout);
+
+    // The main lcore: tick, reclaim, sleep.
+    const auto tick = std::chrono::microseconds(config.tick_us);
+    while (!g_stop.load(std::memory_order_relaxed)) {
+        if (g_reload.exchange(false)) control->reload_keys();
+        control->tick();
+        services.reclaim(quiescence);
+        for (auto& w : workers) {
+            if (w->exception_ring == nullptr) continue;
+            rte_mbuf* m[kBurst];
+            const unsigned n = rte_ring_sc_dequeue_burst(w->exception_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
+            if (n > 0) rte_pktmbuf_free_bulk(m, n);  // the exception port is not wired yet
+        }
+        if (exit_when_idle_ms != 0) {
+            uint64_t last = 0;
+            for (auto& w : workers) last = std::max(last, w->last_rx_tsc.load(std::memory_order_relaxed));
+            if (rte_rdtsc() - last > exit_when_idle_ms * hz / 1000) g_stop.store(true);
+        }
+        std::this_thread::sleep_for(tick);
+    }
+
+    rte_eal_mp_wait_lcore();
+    control->tick();  // last events out
+    for (PortState& p : ports) {
+        rte_eth_dev_stop(p.id);
+        rte_eth_dev_close(p.id);
+    }
+    WorkerCounters total{};
+    for (auto& w : workers) add_counters(total, *w->counters);
+    const std::string json = counters_json(total);
+    std::printf("jitlb: counters %s\n", json.c_str());
+    if (!stats_json.empty()) {
+        std::ofstream out(stats_json);
+        out << json << "\n";
+        if (!out) die(fmt::format("cannot write {}", stats_json));
+    }
+    control.reset();
+    rte_eal_cleanup();
+    return 0;
+}

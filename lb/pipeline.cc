@@ -1,2 +1,403 @@
-// Filled in by the data-plane issue.
-namespace jitlb::lb {}
+// The worker's per-burst pipeline (pipeline.h).
+#include "pipeline.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+#include "flow_hash.h"
+#include "maglev.h"
+
+namespace jitlb::lb {
+
+namespace {
+
+constexpr uint8_t kTcpFin = 0x01;
+constexpr uint8_t kTcpRst = 0x04;
+constexpr uint8_t kProtoIcmp = 1;
+constexpr uint8_t kProtoIcmpv6 = 58;
+constexpr uint32_t kConnProbe = 8;  // slots a flow may sit from its home
+
+inline uint16_t load_be16(const uint8_t* p) noexcept { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+inline void store_be16(uint8_t* p, uint16_t v) noexcept {
+    p[0] = static_cast<uint8_t>(v >> 8);
+    p[1] = static_cast<uint8_t>(v);
+}
+
+bool same_address(const IpAddress& a, IpVersion v, const uint8_t* bytes) noexcept {
+    return a.version == v && std::memcmp(a.bytes.data(), bytes, v == IpVersion::v4 ? 4 : 16) == 0;
+}
+
+inline uint64_t backend_key(const BackendInfo& b) noexcept { return b.id_hash; }
+
+}  // namespace
+
+// --- connection table -------------------------------------------------------
+
+ConnTable::ConnTable(const ConnTableConfig& config, uint64_t ticks_per_second)
+    : slots_(std::bit_ceil(std::max<uint32_t>(config.capacity, kConnProbe))),
+      mask_(slots_.size() - 1),
+      idle_ticks_(config.idle_timeout_ms * ticks_per_second / 1000),
+      closed_ticks_(config.closed_timeout_ms * ticks_per_second / 1000) {}
+
+ConnTable::Entry* ConnTable::find(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept {
+    for (uint32_t d = 0; d < kConnProbe; ++d) {
+        Entry& e = slots_[(hash + d) & mask_];
+        if (e.last_seen != 0 && e.expires > now && e.flow == flow) return &e;
+    }
+    return nullptr;
+}
+
+ConnTable::Entry* ConnTable::insert(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept {
+    for (uint32_t d = 0; d < kConnProbe; ++d) {
+        Entry& e = slots_[(hash + d) & mask_];
+        if (e.last_seen == 0 || e.expires <= now) {
+            e = Entry{};
+            e.flow = flow;
+            e.last_seen = now;
+            e.expires = now + idle_ticks_;
+            return &e;
+        }
+    }
+    return nullptr;
+}
+
+void ConnTable::touch(Entry& e, uint64_t now, bool closing) noexcept {
+    e.last_seen = now;
+    e.closing = e.closing || closing;
+    e.expires = now + (e.closing ? closed_ticks_ : idle_ticks_);
+}
+
+size_t ConnTable::live(uint64_t now) const noexcept {
+    return static_cast<size_t>(
+        std::count_if(slots_.begin(), slots_.end(), [&](const Entry& e) { return e.last_seen != 0 && e.expires > now; }));
+}
+
+// --- forwarding modes -------------------------------------------------------
+
+namespace {
+
+// Everything a forwarder needs about one packet.
+struct ForwardJob {
+    PacketBuf& pkt;
+    const ParsedPacket& parsed;
+    const Service& service;
+    const BackendInfo& backend;
+    uint64_t hash;
+};
+
+struct ForwardContext {
+    const NodeIdentity& node;
+    EncapParams ipip;
+    EncapParams gue;
+    WorkerCounters& counters;
+};
+
+// Strips the client's Ethernet (and VLAN) header and writes the outer headers
+// in front of the IP packet.
+bool forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob& job) noexcept {
+    const uint32_t l3 = job.parsed.l3_offset;
+    const uint32_t inner_len = job.parsed.l3_length;
+    const uint32_t hdr = static_cast<uint32_t>(encap_header_len(params.kind, job.backend.address.version));
+    if (hdr - kEthLen + inner_len > ctx.node.mtu) {
+        ctx.counters.add(Counter::drop_too_big);
+        return false;
+    }
+    if (job.pkt.headroom + l3 < hdr) {
+        ctx.counters.add(Counter::drop_no_headroom);
+        return false;
+    }
+    uint8_t* start = job.pkt.data + l3 - hdr;
+    const EncapError err = write_encap_headers({start, hdr}, {job.pkt.data + l3, inner_len}, job.backend.address,
+                                               job.hash, params);
+    if (err != EncapError::ok) {
+        ctx.counters.add(Counter::drop_encap_failed);
+        return false;
+    }
+    // The buffer [data - headroom, data + len + tailroom) stays where it is;
+    // Ethernet padding after the IP packet goes with the old length.
+    const uint32_t capacity = job.pkt.headroom + job.pkt.len + job.pkt.tailroom;
+    job.pkt.headroom = job.pkt.headroom + l3 - hdr;
+    job.pkt.data = start;
+    job.pkt.len = hdr + inner_len;
+    job.pkt.tailroom = capacity - job.pkt.headroom - job.pkt.len;
+    return true;
+}
+
+bool forward_ipip(ForwardContext& ctx, ForwardJob& job) noexcept { return forward_encap(ctx, ctx.ipip, job); }
+
+bool forward_gue(ForwardContext& ctx, ForwardJob& job) noexcept {
+    EncapParams params = ctx.gue;
+    params.gue_port = job.service.gue_port;
+    return forward_encap(ctx, params, job);
+}
+
+bool forward_l2dsr(ForwardContext& ctx, ForwardJob& job) noexcept {
+    rewrite_l2_dsr({job.pkt.data, job.pkt.len}, job.backend.mac, ctx.node.mac);
+    return true;
+}
+
+using Forwarder = bool (*)(ForwardContext&, ForwardJob&) noexcept;
+
+// Indexed by ForwardingMode: the mode is chosen when the service is
+// installed, and the packet path makes one indirect call, not a mode branch.
+constexpr Forwarder kForwarders[4] = {nullptr, forward_ipip, forward_gue, forward_l2dsr};
+static_assert(static_cast<size_t>(ForwardingMode::ipip) == 1 && static_cast<size_t>(ForwardingMode::gue) == 2 &&
+              static_cast<size_t>(ForwardingMode::l2dsr) == 3);
+
+// --- ARP and neighbour discovery ---------------------------------------------
+
+// Answers an ARP request for `ours` in place; false if it is not one.
+bool arp_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac,
+               const NodeIdentity& node, const ServiceSnapshot& services) noexcept {
+    uint8_t* a = pkt.data + p.l3_offset;
+    // htype 1, ptype IPv4, hlen 6, plen 4, op 1 (request)
+    if (load_be16(a) != 1 || load_be16(a + 2) != 0x0800 || a[4] != 6 || a[5] != 4 || load_be16(a + 6) != 1)
+        return false;
+    const uint8_t* tpa = a + 24;
+    IpAddress target;
+    target.version = IpVersion::v4;
+    std::memcpy(target.bytes.data(), tpa, 4);
+    const bool ours = std::any_of(node.addresses.begin(), node.addresses.end(),
+                                  [&](const IpAddress& x) { return x == target; }) ||
+                      services.is_vip_address(target);
+    if (!ours) return false;
+    uint8_t sha[6], spa[4];
+    std::memcpy(sha, a + 8, 6);
+    std::memcpy(spa, a + 14, 4);
+    store_be16(a + 6, 2);                // reply
+    std::memcpy(a + 8, mac.data(), 6);   // sender: us
+    std::memcpy(a + 14, tpa, 4);         // sender IP: the address asked for
+    std::memcpy(a + 18, sha, 6);         // target: the asker
+    std::memcpy(a + 24, spa, 4);
+    std::memcpy(pkt.data, sha, 6);       // Ethernet dst: the asker
+    std::memcpy(pkt.data + 6, mac.data(), 6);
+    return true;
+}
+
+uint16_t icmpv6_checksum(const uint8_t* ip6, const uint8_t* icmp, uint32_t len) noexcept {
+    uint32_t sum = 0;
+    for (int i = 0; i < 32; i += 2) sum += load_be16(ip6 + 8 + i);  // source and destination
+    sum += len >> 16;
+    sum += len & 0xffff;
+    sum += kProtoIcmpv6;
+    const uint16_t folded = ones_complement_sum({icmp, len}, sum);
+    const uint16_t c = static_cast<uint16_t>(~folded);
+    return c;
+}
+
+// Answers a neighbour solicitation for one of our addresses or VIPs in place
+// with a solicited, override advertisement carrying our MAC.
+bool nd_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac, const NodeIdentity& node,
+              const ServiceSnapshot& services) noexcept {
+    if (p.icmp_type != 135 || p.icmp_code != 0 || !p.l4_present) return false;
+    uint8_t* ip6 = pkt.data + p.l3_offset;
+    uint8_t* icmp = pkt.data + p.l4_offset;
+    if (p.l4_offset + 24u > pkt.len || ip6[7] != 255) return false;  // RFC 4861: hop limit 255
+    IpAddress target;
+    target.version = IpVersion::v6;
+    std::memcpy(target.bytes.data(), icmp + 8, 16);
+    const bool ours = std::any_of(node.addresses.begin(), node.addresses.end(),
+                                  [&](const IpAddress& x) { return x == target; }) ||
+                      services.is_vip_address(target);
+    if (!ours) return false;
+    constexpr uint32_t kNaLen = 32;  // header, flags, target, target link-layer address option
+    const uint32_t need = p.l4_offset + kNaLen;
+    if (need > pkt.len + pkt.tailroom) return false;
+    static constexpr uint8_t kAllNodes[16] = {0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    static constexpr uint8_t kUnspecified[16] = {};
+    const bool from_unspecified = std::memcmp(ip6 + 8, kUnspecified, 16) == 0;
+    // IPv6: dst = the solicitor (all-nodes if it had no address yet), src = the target.
+    if (from_unspecified) std::memcpy(ip6 + 24, kAllNodes, 16);
+    else std::memcpy(ip6 + 24, ip6 + 8, 16);
+    std::memcpy(ip6 + 8, target.bytes.data(), 16);
+    store_be16(ip6 + 4, static_cast<uint16_t>(p.l4_offset - p.l3_offset - 40 + kNaLen));
+    ip6[7] = 255;
+    icmp[0] = 136;
+    icmp[1] = 0;
+    icmp[2] = icmp[3] = 0;
+    icmp[4] = from_unspecified ? 0x20 : 0x60;  // S (solicited) unless to all-nodes, O (override)
+    icmp[5] = icmp[6] = icmp[7] = 0;
+    // icmp + 8: the target, unchanged
+    icmp[24] = 2;  // target link-layer address
+    icmp[25] = 1;  // 8 bytes
+    std::memcpy(icmp + 26, mac.data(), 6);
+    const uint16_t c = icmpv6_checksum(ip6, icmp, kNaLen);
+    store_be16(icmp + 2, c);
+    // Ethernet: back to the solicitor (or the all-nodes group).
+    if (from_unspecified) {
+        static constexpr uint8_t kAllNodesMac[6] = {0x33, 0x33, 0, 0, 0, 1};
+        std::memcpy(pkt.data, kAllNodesMac, 6);
+    } else {
+        std::memcpy(pkt.data, pkt.data + 6, 6);
+    }
+    std::memcpy(pkt.data + 6, mac.data(), 6);
+    pkt.tailroom = pkt.len + pkt.tailroom - need;
+    pkt.len = need;
+    return true;
+}
+
+}  // namespace
+
+// --- the pipeline -----------------------------------------------------------
+
+Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
+                   WorkerCounters& counters)
+    : node_(node), conns_(conn, node.ticks_per_second), grants_(grants), counters_(counters) {}
+
+void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services, uint64_t now,
+                             std::span<Action> actions) noexcept {
+    const size_t n = std::min({pkts.size(), actions.size(), kBurst});
+    ParsedPacket parsed[kBurst];
+    const Service* service_of[kBurst];
+    LookupKey keys[kBurst];
+    LookupResult results[kBurst];
+    uint8_t pending[kBurst];
+    size_t n_pending = 0;
+
+    ForwardContext ctx{node_, {}, {}, counters_};
+    ctx.ipip.kind = EncapKind::ipip;
+    ctx.ipip.src_mac = node_.mac;
+    ctx.ipip.dst_mac = node_.next_hop_mac;
+    ctx.ipip.source_v4 = node_.outer_source_v4;
+    ctx.ipip.source_v6 = node_.outer_source_v6;
+    ctx.ipip.ttl = node_.outer_ttl;
+    ctx.gue = ctx.ipip;
+    ctx.gue.kind = EncapKind::gue;
+
+    // Stage 1: parse, answer what the node answers itself, find the service.
+    for (size_t i = 0; i < n; ++i) {
+        if (i + 3 < n) __builtin_prefetch(pkts[i + 3].data);
+        PacketBuf& pkt = pkts[i];
+        actions[i] = Action::drop;
+        counters_.add(Counter::rx_packets);
+        counters_.add(Counter::rx_bytes, pkt.len);
+        ParsedPacket& p = parsed[i];
+        const DropReason r = parse_packet({pkt.data, pkt.len}, p);
+        if (r != DropReason::none) {
+            ++counters_.parse_drops[static_cast<size_t>(r)];
+            continue;
+        }
+        if (p.kind == PacketKind::arp) {
+            if (arp_reply(pkt, p, node_.mac, node_, services)) {
+                counters_.add(Counter::arp_replies);
+                actions[i] = Action::transmit;
+            } else {
+                counters_.add(Counter::drop_not_for_us);
+            }
+            continue;
+        }
+        if (p.kind == PacketKind::ndp) {
+            if (nd_reply(pkt, p, node_.mac, node_, services)) {
+                counters_.add(Counter::nd_replies);
+                actions[i] = Action::transmit;
+            } else {
+                counters_.add(Counter::drop_not_for_us);
+            }
+            continue;
+        }
+        if (p.fragment != FragmentState::none) {
+            counters_.add(Counter::drop_ip_fragment);
+            continue;
+        }
+        const FlowTuple& f = p.flow;
+        VipKey key;
+        key.address = f.dst;
+        key.family = f.version;
+        key.protocol = f.proto;
+        key.port = f.dst_port;
+        const Service* svc = p.l4_present ? services.find(key) : nullptr;
+        if (svc == nullptr) {
+            if (std::any_of(node_.addresses.begin(), node_.addresses.end(),
+                            [&](const IpAddress& a) { return same_address(a, f.version, f.dst.data()); })) {
+                counters_.add(Counter::to_exception);
+                actions[i] = Action::exception;
+            } else if ((f.proto == kProtoIcmp || f.proto == kProtoIcmpv6) && !p.icmp_error) {
+                counters_.add(Counter::drop_icmp_not_allowed);
+            } else {
+                counters_.add(Counter::drop_unknown_vip);
+            }
+            continue;
+        }
+        if (!svc->forwarding()) {
+            counters_.add(Counter::drop_service_down);
+            continue;
+        }
+        if (p.icmp_error && p.icmp_mtu != 0 &&
+            p.icmp_mtu < (f.version == IpVersion::v6 ? 1280u : 576u)) {
+            counters_.add(Counter::drop_icmp_mtu_too_small);
+            continue;
+        }
+        service_of[i] = svc;
+        keys[n_pending] = LookupKey::from_flow(f, svc->id);
+        pending[n_pending++] = static_cast<uint8_t>(i);
+    }
+
+    // Stage 2: every grant of the burst in one bulk lookup.
+    if (n_pending == 0) return;
+    grants_.lookup_bulk({keys, n_pending}, now, {results, n_pending});
+
+    // Stage 3: grant verdict, connection table, Maglev, forwarding.
+    for (size_t k = 0; k < n_pending; ++k) {
+        const size_t i = pending[k];
+        switch (results[k].kind) {
+            case LookupKind::granted: break;
+            case LookupKind::no_grant: counters_.add(Counter::drop_no_grant); continue;
+            case LookupKind::expired: counters_.add(Counter::drop_grant_expired); continue;
+            case LookupKind::not_yet: counters_.add(Counter::drop_grant_not_yet_valid); continue;
+            case LookupKind::busy: counters_.add(Counter::drop_grant_busy); continue;
+        }
+        const ParsedPacket& p = parsed[i];
+        const Service& svc = *service_of[i];
+        const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
+        uint32_t backend = 0;
+        ConnTable::Entry* e = conns_.find(p.flow, hash, now);
+        if (e != nullptr && e->service_id == svc.id) {
+            counters_.add(Counter::conn_hit);
+            if (e->service_generation == svc.generation) {
+                backend = e->backend;
+            } else {
+                // The backend set changed: keep the flow's backend if it is
+                // still there, else choose again.
+                const auto it = std::find_if(svc.backends.begin(), svc.backends.end(),
+                                             [&](const BackendInfo& b) { return backend_key(b) == e->backend_key; });
+                if (it != svc.backends.end()) {
+                    backend = static_cast<uint32_t>(it - svc.backends.begin());
+                } else {
+                    backend = maglev_lookup(svc.maglev, hash);
+                    e->backend_key = backend_key(svc.backends[backend]);
+                    counters_.add(Counter::conn_rehashed);
+                }
+                e->backend = backend;
+                e->service_generation = svc.generation;
+            }
+            conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
+        } else {
+            backend = maglev_lookup(svc.maglev, hash);
+            // ICMP errors follow their inner flow by hash and add no entry.
+            if (!p.icmp_error) {
+                // The flow's entry belongs to a service that no longer holds
+                // this VIP: take it over rather than add a second one.
+                if (e != nullptr) *e = ConnTable::Entry{p.flow, now, now};
+                else e = conns_.insert(p.flow, hash, now);
+                if (e != nullptr) {
+                    e->service_id = svc.id;
+                    e->service_generation = svc.generation;
+                    e->backend = backend;
+                    e->backend_key = backend_key(svc.backends[backend]);
+                    conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
+                    counters_.add(Counter::conn_new);
+                } else {
+                    counters_.add(Counter::conn_table_full);
+                }
+            }
+        }
+        ForwardJob job{pkts[i], p, svc, svc.backends[backend], hash};
+        if (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
+            counters_.add(Counter::forwarded);
+            actions[i] = Action::transmit;
+        }
+    }
+}
+
+}  // namespace jitlb::lb

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -30,7 +31,10 @@ struct BackendInfo {
     IpAddress address;
     MacAddress mac{};  // L2 DSR: the backend's MAC
     uint32_t weight = 1;
+    uint64_t id_hash = 0;  // backend_id_hash(id): a flow's backend across generations
 };
+
+uint64_t backend_id_hash(std::string_view id) noexcept;
 
 // One service as workers see it. Immutable once published; shared between
 // snapshots (a change to one service rebuilds only that one).
@@ -152,6 +156,7 @@ class ServiceTable {
     std::atomic<const ServiceSnapshot*> current_{nullptr};
     std::unique_ptr<ServiceSnapshot> owned_current_;
     std::vector<std::unique_ptr<ServiceSnapshot>> retired_;
+    std::map<uint16_t, uint32_t> table_sizes_;  // Maglev M per service id
     uint64_t generation_ = 0;
 };
 

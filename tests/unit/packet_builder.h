@@ -165,4 +165,37 @@ inline Bytes eth6(const Bytes& l3, std::initializer_list<uint16_t> vlans = {}) {
     return eth(0x86dd, l3, vlans);
 }
 
+// An Ethernet frame with the given MACs (6 bytes each), untagged.
+inline Bytes eth_frame(const Bytes& dst_mac, const Bytes& src_mac, uint16_t ethertype, const Bytes& l3) {
+    Bytes b = dst_mac;
+    append(b, src_mac);
+    push16(b, ethertype);
+    append(b, l3);
+    return b;
+}
+
+// The 28-byte ARP body for Ethernet and IPv4: op 1 request, 2 reply; MACs of
+// 6 bytes and IPv4 addresses of 4.
+inline Bytes arp(uint16_t op, const Bytes& sender_mac, const Bytes& sender_ip, const Bytes& target_mac,
+                 const Bytes& target_ip) {
+    Bytes b;
+    push16(b, 1);       // hardware: Ethernet
+    push16(b, 0x0800);  // protocol: IPv4
+    b.push_back(6);
+    b.push_back(4);
+    push16(b, op);
+    append(b, sender_mac);
+    append(b, sender_ip);
+    append(b, target_mac);
+    append(b, target_ip);
+    return b;
+}
+
+// Pads a frame to Ethernet's minimum of 60 bytes (without FCS), as a NIC
+// delivers a short frame.
+inline Bytes pad_to_min(Bytes frame) {
+    if (frame.size() < 60) frame.resize(60, 0);
+    return frame;
+}
+
 }  // namespace jitlb::test
