@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -115,7 +116,9 @@ struct ConfigError {
     std::string file;     // as given to parse_node_config / load_node_config
     std::string key;      // "port[0].mtu"; "" for a syntax or file error
     std::string message;  // what was wrong, with the value, and what to do
-    int line = 0;         // 1-based; 0 when there is no position
+    // 1-based, of the value (or of its table when the key is missing); 0 when
+    // there is no position (a missing top-level key, a file error).
+    int line = 0;
     int column = 0;
     // "jitlb.toml:12:5: port[0].mtu: 99999 is out of range (576..9216)".
     std::string to_string() const;

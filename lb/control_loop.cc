@@ -40,13 +40,19 @@ std::string without_grant_id(std::string text, const GrantId& id) {
 
 GrantRejectReason verify_reject_reason(VerifyStatus status) noexcept {
     switch (status) {
-        case VerifyStatus::unknown_issuer: return GrantRejectReason::unknown_issuer;
-        case VerifyStatus::bad_signature: return GrantRejectReason::bad_signature;
-        case VerifyStatus::expired: return GrantRejectReason::expired;
-        case VerifyStatus::starts_too_far_ahead: return GrantRejectReason::starts_too_far_ahead;
-        case VerifyStatus::too_long: return GrantRejectReason::too_long;
+        case VerifyStatus::unknown_issuer:
+            return GrantRejectReason::unknown_issuer;
+        case VerifyStatus::bad_signature:
+            return GrantRejectReason::bad_signature;
+        case VerifyStatus::expired:
+            return GrantRejectReason::expired;
+        case VerifyStatus::starts_too_far_ahead:
+            return GrantRejectReason::starts_too_far_ahead;
+        case VerifyStatus::too_long:
+            return GrantRejectReason::too_long;
         case VerifyStatus::ok:
-        case VerifyStatus::malformed: break;
+        case VerifyStatus::malformed:
+            break;
     }
     return GrantRejectReason::malformed;
 }
@@ -69,8 +75,9 @@ std::pair<GrantRejectReason, std::string> upsert_reject(UpsertResult result, uin
                     "the revoked-id set is full: nothing activates until unrecorded revocations "
                     "would have expired (raise grant_capacity)"};
         case UpsertResult::table_full:
-            return {GrantRejectReason::table_full,
-                    fmt::format("the grant table is full ({} grants; raise grant_capacity)", capacity)};
+            return {
+                GrantRejectReason::table_full,
+                fmt::format("the grant table is full ({} grants; raise grant_capacity)", capacity)};
         case UpsertResult::expired:
             return {GrantRejectReason::expired, "expired before it could be applied"};
         case UpsertResult::duplicate_id:
@@ -78,7 +85,8 @@ std::pair<GrantRejectReason, std::string> upsert_reject(UpsertResult result, uin
         case UpsertResult::invalid:
         case UpsertResult::inserted:
         case UpsertResult::replaced:
-        case UpsertResult::unchanged: break;
+        case UpsertResult::unchanged:
+            break;
     }
     return {GrantRejectReason::malformed, "its source or service does not fit the grant table"};
 }
@@ -94,15 +102,21 @@ GrantTableConfig grant_table_config(const ControlConfig& c) {
 }
 
 void check_config(const ControlConfig& c) {
-    const auto fail = [](std::string what) { throw ControlLoopError("jitlb configuration: " + what); };
+    const auto fail = [](std::string what) {
+        throw ControlLoopError("jitlb configuration: " + what);
+    };
     if (!valid_instance_name(c.instance))
         fail(fmt::format("instance '{}' is not 1 to 32 characters of [A-Za-z0-9_-]", c.instance));
     if (c.region_dir.empty()) fail("no directory for the state file");
-    if (c.issuer_keys_file.empty()) fail("no issuer key file (jitlb trusts only the keys it lists)");
+    if (c.issuer_keys_file.empty())
+        fail("no issuer key file (jitlb trusts only the keys it lists)");
     if (c.verify_per_tick == 0) fail("verify_per_tick is 0: no grant would ever be verified");
-    if (c.backlog_capacity == 0) fail("backlog_capacity is 0: no grant could wait for verification");
-    if (c.commands_per_tick == 0) fail("commands_per_tick is 0: the command ring would never drain");
-    if (c.expire_budget == 0) fail("expire_budget is 0: expired grants would never leave the table");
+    if (c.backlog_capacity == 0)
+        fail("backlog_capacity is 0: no grant could wait for verification");
+    if (c.commands_per_tick == 0)
+        fail("commands_per_tick is 0: the command ring would never drain");
+    if (c.expire_budget == 0)
+        fail("expire_budget is 0: expired grants would never leave the table");
     if (c.expiry_events_per_tick == 0) fail("expiry_events_per_tick is 0");
     const uint32_t max_services = std::min<uint32_t>(kMaxServiceCapacity, kGrantTableMaxServiceId);
     if (c.service_capacity == 0 || c.service_capacity > max_services)
@@ -173,8 +187,9 @@ ControlLoop::ControlLoop(const ControlConfig& config, ServiceTable& services, Cl
     const StateLayout layout = compute_state_layout(sizes);
     cmd_path_ = cmd_file_path(config_.cmd_dir, config_.instance);
 
-    state_file_ = SharedFile::create_or_open_own(state_file_path(config_.region_dir, config_.instance),
-                                                 layout.total_bytes, config_.state_mode);
+    state_file_ =
+        SharedFile::create_or_open_own(state_file_path(config_.region_dir, config_.instance),
+                                       layout.total_bytes, config_.state_mode);
     // Re-used (same build and sizes): the service map (odd entries repaired),
     // the grant table, the revoked set and the command consumer index stay.
     start_.region = start_state_region(state_file_.mutable_bytes(), sizes, new_region_epoch(),
@@ -198,7 +213,9 @@ void ControlLoop::start_grant_table(const GrantTableConfig& table_config) {
         options.ticks_per_second = config_.ticks_per_second;  // the TSC's hz may differ
         options.skew_ms = config_.skew_ms;
         // A key removed while jitlb was down ends its grants now.
-        options.keep_issuer = [this](const IssuerKeyId& id) { return issuers_.find(id) != nullptr; };
+        options.keep_issuer = [this](const IssuerKeyId& id) {
+            return issuers_.find(id) != nullptr;
+        };
         writer_ = GrantTableWriter::reopen(table, revoked, config_.mac_key, error, &start_.reopen,
                                            options);
         if (writer_ && (writer_->config().capacity != table_config.capacity ||
@@ -206,8 +223,8 @@ void ControlLoop::start_grant_table(const GrantTableConfig& table_config) {
             start_.grant_table_note = fmt::format(
                 "the grant table held capacity {} and service ids up to {}, the configuration "
                 "asks for {} and {}: created anew (jitd re-pushes its grants)",
-                writer_->config().capacity, writer_->config().max_service_id,
-                table_config.capacity, table_config.max_service_id);
+                writer_->config().capacity, writer_->config().max_service_id, table_config.capacity,
+                table_config.max_service_id);
             writer_.reset();
         } else if (!writer_) {
             // Unreadable: start empty (fail closed) rather than trust it;
@@ -223,7 +240,8 @@ void ControlLoop::start_grant_table(const GrantTableConfig& table_config) {
     }
     writer_ = GrantTableWriter::create(table, revoked, table_config, config_.mac_key, error);
     if (!writer_)
-        throw ControlLoopError(fmt::format("{}: grant table: {}", state_file_.path(), error.message));
+        throw ControlLoopError(
+            fmt::format("{}: grant table: {}", state_file_.path(), error.message));
 }
 
 // The private indexes a restart lost: the name -> id index of the service
@@ -257,7 +275,9 @@ void ControlLoop::rebuild_private_indexes() {
 
 // --- the tick --------------------------------------------------------------------------------
 
-TickReport ControlLoop::tick() { return run_tick(true); }
+TickReport ControlLoop::tick() {
+    return run_tick(true);
+}
 
 TickReport ControlLoop::drain_all() {
     TickReport total;
@@ -279,7 +299,7 @@ TickReport ControlLoop::run_tick(bool capped) {
     if (cmd_file_) drain_commands(now_ms, config_.commands_per_tick, report);
     verify_backlog(capped ? config_.verify_per_tick : std::numeric_limits<uint32_t>::max(), now_ms,
                    report);
-    expire_grants(now_ms, !capped, report);
+    expire_grants(now_ms, capped, report);
     std::erase_if(reserved_ids_, [&](const auto& r) { return r.second.until_ms <= now_ms; });
     report.cmd_attached = cmd_attached();
     report.backlog = backlog_size_;
@@ -340,7 +360,8 @@ bool ControlLoop::try_attach_cmd() {
     }
     // Our index and epoch are in our own file: a restarted jitlb carries on
     // where it was, and a restarted jitd (new epoch) is attached to afresh.
-    commands_ = RingConsumer(cmd_.cmd_slots, kRingSlotBytes, cmd_.cmd_producer, region_.cmd_consumer);
+    commands_ =
+        RingConsumer(cmd_.cmd_slots, kRingSlotBytes, cmd_.cmd_producer, region_.cmd_consumer);
     record_buffer_.resize(commands_.max_record_bytes());
     events_.set_peer(cmd_.event_consumer);
     ++stats_.cmd_attaches;
@@ -359,8 +380,7 @@ void ControlLoop::detach_cmd() {
 void ControlLoop::drain_commands(int64_t now_ms, uint32_t limit, TickReport& report) {
     for (uint32_t n = 0; n < limit; ++n) {
         DecodedMessage decoded;
-        const ReceiveResult r =
-            pop_message(commands_, Direction::command, record_buffer_, decoded);
+        const ReceiveResult r = pop_message(commands_, Direction::command, record_buffer_, decoded);
         switch (r.status) {
             case ReceiveStatus::empty:
                 return;
@@ -375,11 +395,11 @@ void ControlLoop::drain_commands(int64_t now_ms, uint32_t limit, TickReport& rep
             case ReceiveStatus::rejected:
                 ++report.commands;
                 ++stats_.commands;
-                reject_command(r.sequence, r.type, command_reject_reason(r.fault.error),
-                               fmt::format("{} record (type {:#06x}): {}",
-                                           message_type_name(r.type), r.type,
-                                           describe_message_fault(r.fault)),
-                               report);
+                reject_command(
+                    r.sequence, r.type, command_reject_reason(r.fault.error),
+                    fmt::format("{} record (type {:#06x}): {}", message_type_name(r.type), r.type,
+                                describe_message_fault(r.fault)),
+                    report);
                 break;
             case ReceiveStatus::ok:
                 ++report.commands;
@@ -410,8 +430,8 @@ void ControlLoop::apply_command(uint64_t sequence, const Message& message, int64
             } else {
                 // pop_message refuses events on the command ring; kept for safety.
                 reject_command(sequence, static_cast<uint16_t>(message_type(message)),
-                               CommandRejectReason::wrong_direction,
-                               "an event on the command ring", report);
+                               CommandRejectReason::wrong_direction, "an event on the command ring",
+                               report);
             }
         },
         message);
@@ -423,7 +443,8 @@ void ControlLoop::on_grant_push(uint64_t sequence, const GrantPush& push, int64_
                                 TickReport& report) {
     ++stats_.grants_received;
     ParsedSignedGrant parsed;
-    if (const GrantFormatError e = parse_signed_grant(push.grant, parsed); e != GrantFormatError::ok) {
+    if (const GrantFormatError e = parse_signed_grant(push.grant, parsed);
+        e != GrantFormatError::ok) {
         reject_grant(GrantId{}, GrantRejectReason::malformed,
                      fmt::format("malformed ({}): {}", grant_format_error_name(e),
                                  grant_format_error_message(e)),
@@ -431,6 +452,9 @@ void ControlLoop::on_grant_push(uint64_t sequence, const GrantPush& push, int64_
         return;
     }
     const Grant& g = parsed.grant;
+    // The service map is the authority, not the ServiceTable: after a restart
+    // it names every service before jitd has re-sent their definitions, and
+    // the grant table keys grants by its ids.
     const uint32_t sid = service_id(g.service);
     if (sid == 0) {
         reject_grant(g.grant_id, GrantRejectReason::unknown_service,
@@ -439,8 +463,8 @@ void ControlLoop::on_grant_push(uint64_t sequence, const GrantPush& push, int64_
                      report);
         return;
     }
-    const RecordHash hash =
-        grant_record_hash(std::span<const uint8_t, kGrantRecordSize>(push.grant.data(), kGrantRecordSize));
+    const RecordHash hash = grant_record_hash(
+        std::span<const uint8_t, kGrantRecordSize>(push.grant.data(), kGrantRecordSize));
     if (const std::optional<uint32_t> entry = writer_->find_grant(g.grant_id)) {
         GrantDetails live;
         if (grants().read_details(*entry, live) == SnapshotStatus::ok) {
@@ -584,8 +608,8 @@ void ControlLoop::verify_one(const PendingGrant& pending, int64_t now_ms, TickRe
         return;
     }
     GrantEntry entry;
-    entry.key = GrantKey{static_cast<uint16_t>(sid), g.source.family, g.source.prefix_len,
-                         g.source.addr};
+    entry.key =
+        GrantKey{static_cast<uint16_t>(sid), g.source.family, g.source.prefix_len, g.source.addr};
     entry.grant_id = g.grant_id;
     entry.issuer_key_id = g.issuer_key_id;
     entry.not_before_ms = g.not_before_ms;
@@ -593,7 +617,8 @@ void ControlLoop::verify_one(const PendingGrant& pending, int64_t now_ms, TickRe
     entry.record_hash = v.record_hash;
     const UpsertResult u = writer_->upsert(entry, now_ms);
     if (upsert_succeeded(u)) {
-        if (u != UpsertResult::unchanged) note_grant(entry.key.service_id, g.grant_id, g.not_after_ms);
+        if (u != UpsertResult::unchanged)
+            note_grant(entry.key.service_id, g.grant_id, g.not_after_ms);
         activated(g.grant_id, sid, g.not_after_ms, report);
         return;
     }
@@ -607,10 +632,10 @@ void ControlLoop::verify_one(const PendingGrant& pending, int64_t now_ms, TickRe
 // tells jitd (GrantExpired, at the first tick past not-after) and frees the
 // entries. Every live grant has a deadline here, and the sweep runs only once
 // every due deadline has had its event, so no grant leaves without one.
-void ControlLoop::expire_grants(int64_t now_ms, bool full_sweep, TickReport& report) {
+void ControlLoop::expire_grants(int64_t now_ms, bool capped, TickReport& report) {
     uint32_t events = 0;
     while (!deadlines_.empty() && deadlines_.top().not_after_ms <= now_ms) {
-        if (!full_sweep && events == config_.expiry_events_per_tick) return;  // sweep next tick
+        if (capped && events == config_.expiry_events_per_tick) return;  // sweep next tick
         const Deadline due = deadlines_.top();
         deadlines_.pop();
         // Gone already: revoked, replaced, or its issuer key was removed.
@@ -620,19 +645,17 @@ void ControlLoop::expire_grants(int64_t now_ms, bool full_sweep, TickReport& rep
         ++report.grants_expired;
         post(GrantExpired{due.grant_id, static_cast<uint64_t>(due.not_after_ms)}, report);
     }
-    ExpireResult r;
-    do {
-        r = writer_->expire(now_ms, config_.expire_budget);
-        stats_.grants_swept += r.grants_removed;
-        stats_.revoked_ids_pruned += r.ids_pruned;
-        report.grants_swept += static_cast<uint32_t>(r.grants_removed);
-    } while (full_sweep && !r.cycle_done);
+    const ExpireResult r = writer_->expire(now_ms, config_.expire_budget);
+    stats_.grants_swept += r.grants_removed;
+    stats_.revoked_ids_pruned += r.ids_pruned;
+    report.grants_swept += static_cast<uint32_t>(r.grants_removed);
 }
 
 void ControlLoop::note_grant(uint16_t service, const GrantId& id, int64_t not_after_ms) {
     deadlines_.push(Deadline{not_after_ms, id});
     if (service < service_grants_until_ms_.size())
-        service_grants_until_ms_[service] = std::max(service_grants_until_ms_[service], not_after_ms);
+        service_grants_until_ms_[service] =
+            std::max(service_grants_until_ms_[service], not_after_ms);
 }
 
 // --- keys ----------------------------------------------------------------------------------------
@@ -646,7 +669,8 @@ void ControlLoop::reload_keys_now(uint64_t command_sequence, TickReport& report)
     TrustedIssuers fresh;
     if (const KeyFileError e = read_public_key_file(config_.issuer_keys_file, fresh); !e.ok()) {
         ++stats_.key_reload_failures;
-        last_error_ = fmt::format("key reload failed, {} keys kept: {}", issuers_.size(), e.message);
+        last_error_ =
+            fmt::format("key reload failed, {} keys kept: {}", issuers_.size(), e.message);
         reject_command(command_sequence, static_cast<uint16_t>(MessageType::key_reload),
                        CommandRejectReason::key_reload_failed, last_error_, report);
         return;
@@ -664,7 +688,8 @@ void ControlLoop::reload_keys_now(uint64_t command_sequence, TickReport& report)
         for (uint32_t entry = 0; entry < reader.entry_count(); ++entry) {
             GrantDetails d;
             if (reader.read_details(entry, d) != SnapshotStatus::ok) continue;
-            if (std::find(removed.begin(), removed.end(), d.issuer_key_id) == removed.end()) continue;
+            if (std::find(removed.begin(), removed.end(), d.issuer_key_id) == removed.end())
+                continue;
             if (writer_->find_grant(d.grant_id) == entry) ending.push_back(d.grant_id);
         }
     }
@@ -674,7 +699,8 @@ void ControlLoop::reload_keys_now(uint64_t command_sequence, TickReport& report)
     ++stats_.key_reloads;
     ++stats_.commands_applied;
     stats_.grants_ended_by_key_removal += ended;
-    for (const GrantId& id : ending) post(GrantRevoked{id, RevokeReason::issuer_key_removed}, report);
+    for (const GrantId& id : ending)
+        post(GrantRevoked{id, RevokeReason::issuer_key_removed}, report);
     post(KeysReloaded{command_sequence, static_cast<uint32_t>(issuers_.size()),
                       static_cast<uint32_t>(ended)},
          report);
@@ -766,8 +792,12 @@ void ControlLoop::post(const Message& event, TickReport& report) {
         return;
     }
     switch (sent.ring.error) {
-        case RingError::full: ++stats_.events_dropped; break;
-        case RingError::not_attached: ++stats_.events_unattached; break;
+        case RingError::full:
+            ++stats_.events_dropped;
+            break;
+        case RingError::not_attached:
+            ++stats_.events_unattached;
+            break;
         default:
             ++stats_.events_failed;
             last_error_ = describe_push_result(sent.ring, "event ring");

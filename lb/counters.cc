@@ -14,11 +14,13 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::nd_replies: return "nd_replies";
         case Counter::echo_replies: return "echo_replies";
         case Counter::to_exception: return "to_exception";
+        case Counter::from_exception: return "from_exception";
         case Counter::conn_new: return "conn_new";
         case Counter::conn_hit: return "conn_hit";
         case Counter::conn_table_full: return "conn_table_full";
         case Counter::conn_rehashed: return "conn_rehashed";
         case Counter::resets_sent: return "resets_sent";
+        case Counter::reset_no_buffer: return "reset_no_buffer";
         case Counter::drop_unknown_vip: return "unknown_vip";
         case Counter::drop_no_grant: return "no_grant";
         case Counter::drop_grant_expired: return "grant_expired";

@@ -24,11 +24,13 @@ enum class Counter : uint16_t {
     nd_replies,           // neighbour solicitations answered
     echo_replies,         // ICMP / ICMPv6 echo to a VIP answered
     to_exception,         // handed to the main lcore for the exception port
+    from_exception,       // sent by the kernel through the exception port, relayed out
     conn_new,             // flows added to the connection table
     conn_hit,             // packets whose flow was in the connection table
     conn_table_full,      // new flow not tracked: table full (Maglev only)
     conn_rehashed,        // tracked flow whose backend is gone: chosen again
     resets_sent,          // TCP resets for flows whose grant ended
+    reset_no_buffer,      // the reset towards the backend had no spare buffer
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,
     drop_no_grant,

@@ -97,19 +97,42 @@ struct alignas(64) WorkerContext {
     std::unique_ptr<Pipeline> pipeline;
     WorkerCounters* counters = nullptr;
     rte_ring* exception_ring = nullptr;  // to the main lcore (SP/SC)
+    rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
+    uint16_t from_kernel_port = 0;
     const ServiceTable* services = nullptr;
     Quiescence* quiescence = nullptr;
     const StateHeader* state_header = nullptr;
+    rte_mempool* pool = nullptr;  // for the packets the pipeline makes (resets)
     std::atomic<uint64_t> last_rx_tsc{0};
 };
+
+// Keeps `extra` full of empty mbufs (allocation from a mempool: no system call).
+void refill_extra(ExtraPackets& extra, rte_mempool* pool) {
+    while (extra.available < extra.bufs.size()) {
+        rte_mbuf* m = rte_pktmbuf_alloc(pool);
+        if (m == nullptr) return;
+        extra.handles[extra.available] = m;
+        extra.bufs[extra.available] = {rte_pktmbuf_mtod(m, uint8_t*), 0, rte_pktmbuf_headroom(m),
+                                       rte_pktmbuf_tailroom(m)};
+        ++extra.available;
+    }
+}
+
+void set_mbuf(rte_mbuf* m, const PacketBuf& b) {
+    m->data_off = static_cast<uint16_t>(b.data - static_cast<uint8_t*>(m->buf_addr));
+    m->data_len = static_cast<uint16_t>(b.len);
+    m->pkt_len = b.len;
+}
 
 int worker_main(void* arg) {
     WorkerContext& w = *static_cast<WorkerContext*>(arg);
     rte_mbuf* mbufs[kBurst];
-    rte_mbuf* tx[kBurst];
-    rte_mbuf* drop[kBurst];
+    rte_mbuf* tx[kBurst + ExtraPackets{}.bufs.size()];
+    rte_mbuf* drop[kBurst + ExtraPackets{}.bufs.size()];
     PacketBuf bufs[kBurst];
     Action actions[kBurst];
+    ExtraPackets extra;
+    refill_extra(extra, w.pool);
     while (!g_stop.load(std::memory_order_relaxed)) {
         const ServiceSnapshot* snap = w.services->current();
         const uint64_t tsc = rte_rdtsc();
@@ -132,15 +155,13 @@ int worker_main(void* arg) {
                               rte_pktmbuf_tailroom(m)};
                 ++n_ok;
             }
-            w.pipeline->process_burst({bufs, n_ok}, *snap, now, {actions, n_ok});
+            w.pipeline->process_burst({bufs, n_ok}, *snap, now, {actions, n_ok}, &extra);
             uint16_t n_tx = 0, n_drop = 0;
             for (uint16_t i = 0; i < n_ok; ++i) {
                 rte_mbuf* m = mbufs[i];
                 switch (actions[i]) {
                     case Action::transmit:
-                        m->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(m->buf_addr));
-                        m->data_len = static_cast<uint16_t>(bufs[i].len);
-                        m->pkt_len = bufs[i].len;
+                        set_mbuf(m, bufs[i]);
                         tx[n_tx++] = m;
                         break;
                     case Action::exception:
@@ -153,6 +174,20 @@ int worker_main(void* arg) {
                         drop[n_drop++] = m;
                         break;
                 }
+            }
+            if (extra.used > 0) {
+                for (size_t j = 0; j < extra.used; ++j) {
+                    auto* m = static_cast<rte_mbuf*>(extra.handles[j]);
+                    set_mbuf(m, extra.bufs[j]);
+                    tx[n_tx++] = m;
+                }
+                for (size_t j = extra.used; j < extra.available; ++j) {
+                    extra.handles[j - extra.used] = extra.handles[j];
+                    extra.bufs[j - extra.used] = extra.bufs[j];
+                }
+                extra.available -= extra.used;
+                extra.used = 0;
+                refill_extra(extra, w.pool);
             }
             if (n_tx > 0) {
                 uint64_t bytes = 0;
@@ -168,9 +203,25 @@ int worker_main(void* arg) {
             }
             if (n_drop > 0) rte_pktmbuf_free_bulk(drop, n_drop);
         }
+        if (w.from_kernel_ring != nullptr) {
+            // What the kernel sent through the exception port, on this worker's tx queue.
+            const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(tx), kBurst, nullptr);
+            if (n > 0) {
+                uint64_t bytes = 0;
+                for (unsigned i = 0; i < n; ++i) bytes += tx[i]->pkt_len;  // before tx may free them
+                const uint16_t sent = rte_eth_tx_burst(w.from_kernel_port, static_cast<uint16_t>(w.index), tx,
+                                                       static_cast<uint16_t>(n));
+                for (unsigned i = sent; i < n; ++i) bytes -= tx[i]->pkt_len;
+                w.counters->add(Counter::tx_packets, sent);
+                w.counters->add(Counter::tx_bytes, bytes);
+                w.counters->add(Counter::drop_tx_full, n - sent);
+                if (sent < n) rte_pktmbuf_free_bulk(tx + sent, n - sent);
+            }
+        }
         w.quiescence->announce(w.index, snap->generation());
     }
     w.quiescence->go_offline(w.index);
+    for (size_t j = 0; j < extra.available; ++j) rte_pktmbuf_free(static_cast<rte_mbuf*>(extra.handles[j]));
     return 0;
 }
 
@@ -222,6 +273,46 @@ void configure_port(uint16_t port, const PortConfig& pc, uint16_t rx_queues, uin
     if (pc.mtu != 1500) {
         if (const int r = rte_eth_dev_set_mtu(port, static_cast<uint16_t>(pc.mtu)); r != 0 && r != -ENOTSUP)
             die(fmt::format("port {}: MTU {}: {}", pc.name, pc.mtu, rte_strerror(-r)));
+    }
+}
+
+uint32_t exception_mask(const std::vector<std::string>& names) {
+    uint32_t mask = 0;
+    for (const std::string& n : names) {
+        if (n == "arp") mask |= kExceptionArp;
+        else if (n == "nd") mask |= kExceptionNd;
+        else if (n == "icmp") mask |= kExceptionIcmp;
+        else if (n == "ssh") mask |= kExceptionSsh;
+        else if (n == "bgp") mask |= kExceptionBgp;
+    }
+    return mask;
+}
+
+// The main lcore's part of the exception path: what workers handed over goes
+// to the kernel (tap I/O is system calls, so workers never touch that port),
+// and what the kernel sends goes to worker 0, which sends it out of the first
+// data port on its own tx queue. Bounded: a few bursts each way per tick.
+void relay_exception(std::vector<std::unique_ptr<WorkerContext>>& workers, uint16_t exception_port,
+                     WorkerCounters& counters) {
+    rte_mbuf* m[kBurst];
+    for (auto& w : workers) {
+        const unsigned n = rte_ring_sc_dequeue_burst(w->exception_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
+        if (n == 0) continue;
+        const uint16_t sent = rte_eth_tx_burst(exception_port, 0, m, static_cast<uint16_t>(n));
+        if (sent < n) {
+            counters.add(Counter::drop_exception_full, n - sent);
+            rte_pktmbuf_free_bulk(m + sent, n - sent);
+        }
+    }
+    for (int round = 0; round < 4; ++round) {
+        const uint16_t n = rte_eth_rx_burst(exception_port, 0, m, kBurst);
+        if (n == 0) break;
+        counters.add(Counter::from_exception, n);
+        const unsigned queued = rte_ring_sp_enqueue_burst(workers[0]->from_kernel_ring, reinterpret_cast<void**>(m), n, nullptr);
+        if (queued < n) {
+            counters.add(Counter::drop_exception_full, n - queued);
+            rte_pktmbuf_free_bulk(m + queued, n - queued);
+        }
     }
 }
 
@@ -341,6 +432,7 @@ int main(int argc, char** argv) {
         "jitlb_mbufs", kMbufsPerPort * static_cast<uint32_t>(ports.size() + 1), kMbufCache, 0,
         RTE_MBUF_DEFAULT_BUF_SIZE, static_cast<int>(rte_socket_id()));
     if (pool == nullptr) die_rte("mbuf pool");
+    const bool has_exception = !config.exception_port.empty();
     for (PortState& p : ports) {
         const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
         configure_port(p.id, p.config, rx_queues, n_workers, pool);
@@ -351,6 +443,22 @@ int main(int argc, char** argv) {
             if (rte_eth_macaddr_get(p.id, &a) != 0) die_rte(fmt::format("port {}: MAC", p.config.name));
             std::memcpy(p.mac.data(), a.addr_bytes, 6);
         }
+    }
+
+    // The exception port: the kernel's side of the node (a TAP interface, or
+    // any PMD), with the first data port's MAC so the kernel answers as the node.
+    uint16_t exception_id = 0;
+    if (has_exception) {
+        exception_id = probe_port(config.exception_port);
+        PortConfig ec;
+        ec.name = "exception";
+        ec.device = config.exception_port;
+        ec.rx_descriptors = ec.tx_descriptors = 512;
+        configure_port(exception_id, ec, 1, 1, pool);
+        rte_ether_addr a{};
+        std::memcpy(a.addr_bytes, ports[0].mac.data(), 6);
+        if (const int r = rte_eth_dev_default_mac_addr_set(exception_id, &a); r != 0 && r != -ENOTSUP)
+            die(fmt::format("exception port: cannot set its MAC: {}", rte_strerror(-r)));
     }
 
     // The state file, grant table, services and the control loop.
@@ -381,7 +489,7 @@ int main(int argc, char** argv) {
     Quiescence quiescence(n_workers);
     StateRegion& state = control->state();
     const size_t counter_blocks = state.worker_stats.size() / sizeof(WorkerCounters);
-    if (counter_blocks < n_workers) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
+    if (counter_blocks < size_t{n_workers} + 1) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
     std::vector<std::unique_ptr<WorkerContext>> workers;
     for (uint16_t w = 0; w < n_workers; ++w) {
         auto ctx = std::make_unique<WorkerContext>();
@@ -401,15 +509,24 @@ int main(int argc, char** argv) {
         node.mtu = ports[0].config.mtu;
         node.flow_hash_seed = config.flow_hash_seed;
         node.ticks_per_second = rte_get_tsc_hz();
+        if (has_exception) node.exception_allow = exception_mask(config.exception_allow);
         ConnTableConfig conn{config.conn_table_capacity, config.conn_idle_timeout_ms, config.conn_closed_timeout_ms};
         ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters);
         ctx->services = &services;
         ctx->quiescence = &quiescence;
         ctx->state_header = state.header;
+        ctx->pool = pool;
         if (!config.exception_port.empty()) {
             ctx->exception_ring = rte_ring_create(fmt::format("jitlb_exc{}", w).c_str(), kExceptionRingSize,
                                                   static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
             if (ctx->exception_ring == nullptr) die_rte("exception ring");
+            if (w == 0) {
+                // Worker 0 sends what the kernel sends: ports may have one tx queue per worker only.
+                ctx->from_kernel_ring = rte_ring_create("jitlb_from_kernel", kExceptionRingSize,
+                                                        static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
+                if (ctx->from_kernel_ring == nullptr) die_rte("exception return ring");
+                ctx->from_kernel_port = ports[0].id;
+            }
         }
         workers.push_back(std::move(ctx));
     }
@@ -417,6 +534,12 @@ int main(int argc, char** argv) {
     for (PortState& p : ports)
         if (const int r = rte_eth_dev_start(p.id); r != 0)
             die(fmt::format("port {}: start: {}", p.config.name, rte_strerror(-r)));
+    if (has_exception)
+        if (const int r = rte_eth_dev_start(exception_id); r != 0)
+            die(fmt::format("exception port: start: {}", rte_strerror(-r)));
+    // The main lcore's own counters (exception traffic), after the workers'.
+    WorkerCounters* main_counters =
+        new (state.worker_stats.data() + n_workers * sizeof(WorkerCounters)) WorkerCounters{};
 
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t started = rte_rdtsc();
@@ -434,12 +557,7 @@ int main(int argc, char** argv) {
         if (g_reload.exchange(false)) control->reload_keys();
         control->tick();
         services.reclaim(quiescence);
-        for (auto& w : workers) {
-            if (w->exception_ring == nullptr) continue;
-            rte_mbuf* m[kBurst];
-            const unsigned n = rte_ring_sc_dequeue_burst(w->exception_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
-            if (n > 0) rte_pktmbuf_free_bulk(m, n);  // the exception port is not wired yet
-        }
+        if (has_exception) relay_exception(workers, exception_id, *main_counters);
         if (exit_when_idle_ms != 0) {
             uint64_t last = 0;
             for (auto& w : workers) last = std::max(last, w->last_rx_tsc.load(std::memory_order_relaxed));
@@ -454,8 +572,13 @@ int main(int argc, char** argv) {
         rte_eth_dev_stop(p.id);
         rte_eth_dev_close(p.id);
     }
+    if (has_exception) {
+        rte_eth_dev_stop(exception_id);
+        rte_eth_dev_close(exception_id);
+    }
     WorkerCounters total{};
     for (auto& w : workers) add_counters(total, *w->counters);
+    add_counters(total, *main_counters);
     const std::string json = counters_json(total);
     std::printf("jitlb: counters %s\n", json.c_str());
     if (!stats_json.empty()) {

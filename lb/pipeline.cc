@@ -237,16 +237,165 @@ bool nd_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac, cons
     return true;
 }
 
+
+// --- resets for flows whose grant ended -----------------------------------------
+
+inline uint32_t load_be32(const uint8_t* p) noexcept {
+    return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
+}
+inline void store_be32(uint8_t* p, uint32_t v) noexcept {
+    p[0] = static_cast<uint8_t>(v >> 24);
+    p[1] = static_cast<uint8_t>(v >> 16);
+    p[2] = static_cast<uint8_t>(v >> 8);
+    p[3] = static_cast<uint8_t>(v);
+}
+
+// Writes IP + TCP headers of a bare RST (no options, no payload) at `ip`,
+// from `src` to `dst`; returns the IP packet's length.
+uint32_t write_rst(uint8_t* ip, IpVersion v, const uint8_t* src, const uint8_t* dst, uint16_t sport,
+                   uint16_t dport, uint32_t seq, uint32_t ack, bool with_ack) noexcept {
+    const uint32_t ip_len = v == IpVersion::v4 ? 20 : 40;
+    uint8_t* tcp = ip + ip_len;
+    uint32_t pseudo = 0;
+    if (v == IpVersion::v4) {
+        ip[0] = 0x45;
+        ip[1] = 0;
+        store_be16(ip + 2, 40);
+        store_be16(ip + 4, 0);
+        store_be16(ip + 6, 0x4000);  // DF
+        ip[8] = 64;
+        ip[9] = 6;
+        store_be16(ip + 10, 0);
+        std::memcpy(ip + 12, src, 4);
+        std::memcpy(ip + 16, dst, 4);
+        store_be16(ip + 10, static_cast<uint16_t>(~ones_complement_sum({ip, 20})));
+        for (int i = 12; i < 20; i += 2) pseudo += load_be16(ip + i);
+    } else {
+        store_be32(ip, 0x60000000);
+        store_be16(ip + 4, 20);
+        ip[6] = 6;
+        ip[7] = 64;
+        std::memcpy(ip + 8, src, 16);
+        std::memcpy(ip + 24, dst, 16);
+        for (int i = 8; i < 40; i += 2) pseudo += load_be16(ip + i);
+    }
+    pseudo += 6 + 20;  // protocol, TCP length
+    store_be16(tcp, sport);
+    store_be16(tcp + 2, dport);
+    store_be32(tcp + 4, seq);
+    store_be32(tcp + 8, with_ack ? ack : 0);
+    tcp[12] = 5 << 4;
+    tcp[13] = with_ack ? 0x14 : 0x04;  // RST(+ACK)
+    store_be16(tcp + 14, 0);            // window
+    store_be16(tcp + 16, 0);
+    store_be16(tcp + 18, 0);
+    store_be16(tcp + 16, static_cast<uint16_t>(~ones_complement_sum({tcp, 20}, pseudo)));
+    return ip_len + 20;
+}
 }  // namespace
 
 // --- the pipeline -----------------------------------------------------------
 
 Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
                    WorkerCounters& counters)
-    : node_(node), conns_(conn, node.ticks_per_second), grants_(grants), counters_(counters) {}
+    : node_(node),
+      conns_(conn, node.ticks_per_second),
+      grants_(grants),
+      counters_(counters),
+      reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)) {}
+
+bool Pipeline::is_node_address(IpVersion v, const uint8_t* bytes) const noexcept {
+    return std::any_of(node_.addresses.begin(), node_.addresses.end(),
+                       [&](const IpAddress& a) { return same_address(a, v, bytes); });
+}
+
+// Traffic for the node: to the exception port if the allowlist has its kind.
+Action Pipeline::to_exception(uint32_t kind) noexcept {
+    if ((node_.exception_allow & kind) == 0) {
+        counters_.add(Counter::drop_exception_denied);
+        return Action::drop;
+    }
+    counters_.add(Counter::to_exception);
+    return Action::exception;
+}
+
+// The backend of a tracked flow. When the backend set changed since the entry
+// was made, the flow keeps its backend if it is still there (found by its id),
+// else it is chosen again and counted.
+uint32_t Pipeline::tracked_backend(ConnTable::Entry& e, const Service& svc, uint64_t hash) noexcept {
+    if (e.service_generation == svc.generation) return e.backend;
+    const auto it = std::find_if(svc.backends.begin(), svc.backends.end(),
+                                 [&](const BackendInfo& b) { return backend_key(b) == e.backend_key; });
+    uint32_t backend;
+    if (it != svc.backends.end()) {
+        backend = static_cast<uint32_t>(it - svc.backends.begin());
+    } else {
+        backend = maglev_lookup(svc.maglev, hash);
+        e.backend_key = backend_key(svc.backends[backend]);
+        counters_.add(Counter::conn_rehashed);
+    }
+    e.backend = backend;
+    e.service_generation = svc.generation;
+    return backend;
+}
+
+// The reset towards the backend goes out in an extra buffer, built as the
+// client's own RST (seq = the client's seq) and forwarded like its packets;
+// then the packet itself becomes the reset towards the client (seq = the
+// client's ack number, from the VIP). False if not even the client's reset
+// could be written.
+bool Pipeline::send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service& svc, const BackendInfo& backend,
+                           uint64_t hash, ForwardContextRef ctx_ref, ExtraPackets* extra) noexcept {
+    auto& ctx = *static_cast<ForwardContext*>(ctx_ref);
+    const uint8_t* tcp = pkt.data + p.l4_offset;
+    const uint32_t seq = load_be32(tcp + 4);
+    const uint32_t ack = load_be32(tcp + 8);
+    const bool has_ack = (tcp[13] & 0x10) != 0;
+    const FlowTuple& f = p.flow;
+    const uint32_t l3 = p.l3_offset;
+    if (extra != nullptr && extra->used < extra->available) {
+        PacketBuf& out = extra->bufs[extra->used];
+        if (out.len + out.tailroom >= l3 + 60) {
+            std::memcpy(out.data, pkt.data, l3);  // Ethernet (and VLAN) as the client's
+            const uint32_t ip_len = write_rst(out.data + l3, f.version, f.src.data(), f.dst.data(), f.src_port,
+                                              f.dst_port, seq, 0, false);
+            out.tailroom = out.len + out.tailroom - (l3 + ip_len);
+            out.len = l3 + ip_len;
+            ParsedPacket rp;
+            if (parse_packet({out.data, out.len}, rp) == DropReason::none) {
+                ForwardJob job{out, rp, svc, backend, hash};
+                if (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
+                    ++extra->used;
+                    counters_.add(Counter::resets_sent);
+                }
+            }
+        }
+    } else {
+        counters_.add(Counter::reset_no_buffer);
+    }
+    // To the client: from the VIP, in place, back where the packet came from.
+    if (pkt.len + pkt.tailroom < l3 + 60) return false;
+    uint8_t mac[6];
+    std::memcpy(mac, pkt.data + 6, 6);
+    std::memcpy(pkt.data + 6, ctx.node.mac.data(), 6);
+    std::memcpy(pkt.data, mac, 6);
+    const uint32_t payload = p.l3_length - (p.payload_offset - l3);
+    const uint32_t syn_fin = (tcp[13] & 0x03) != 0 ? 1 : 0;
+    uint8_t src[16], dst[16];
+    std::memcpy(src, f.dst.data(), 16);
+    std::memcpy(dst, f.src.data(), 16);
+    const uint16_t sport = f.dst_port, dport = f.src_port;
+    // RFC 793: a segment with ACK gets <SEQ=SEG.ACK><CTL=RST>; without, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+    const uint32_t ip_len = write_rst(pkt.data + l3, f.version, src, dst, sport, dport, has_ack ? ack : 0,
+                                      seq + payload + syn_fin, !has_ack);
+    pkt.tailroom = pkt.len + pkt.tailroom - (l3 + ip_len);
+    pkt.len = l3 + ip_len;
+    counters_.add(Counter::resets_sent);
+    return true;
+}
 
 void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services, uint64_t now,
-                             std::span<Action> actions) noexcept {
+                             std::span<Action> actions, ExtraPackets* extra) noexcept {
     const size_t n = std::min({pkts.size(), actions.size(), kBurst});
     ParsedPacket parsed[kBurst];
     const Service* service_of[kBurst];
@@ -282,6 +431,8 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             if (arp_reply(pkt, p, node_.mac, node_, services)) {
                 counters_.add(Counter::arp_replies);
                 actions[i] = Action::transmit;
+            } else if (is_node_address(IpVersion::v4, pkt.data + p.l3_offset + 24)) {
+                actions[i] = to_exception(kExceptionArp);
             } else {
                 counters_.add(Counter::drop_not_for_us);
             }
@@ -291,6 +442,8 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             if (nd_reply(pkt, p, node_.mac, node_, services)) {
                 counters_.add(Counter::nd_replies);
                 actions[i] = Action::transmit;
+            } else if (p.flow.dst[0] == 0xff || is_node_address(IpVersion::v6, p.flow.dst.data())) {
+                actions[i] = to_exception(kExceptionNd);
             } else {
                 counters_.add(Counter::drop_not_for_us);
             }
@@ -308,10 +461,12 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         key.port = f.dst_port;
         const Service* svc = p.l4_present ? services.find(key) : nullptr;
         if (svc == nullptr) {
-            if (std::any_of(node_.addresses.begin(), node_.addresses.end(),
-                            [&](const IpAddress& a) { return same_address(a, f.version, f.dst.data()); })) {
-                counters_.add(Counter::to_exception);
-                actions[i] = Action::exception;
+            if (is_node_address(f.version, f.dst.data())) {
+                uint32_t kind = 0;
+                if (f.proto == kProtoIcmp || f.proto == kProtoIcmpv6) kind = kExceptionIcmp;
+                else if (f.proto == 6 && f.dst_port == 22) kind = kExceptionSsh;
+                else if (f.proto == 6 && (f.dst_port == 179 || f.src_port == 179)) kind = kExceptionBgp;
+                actions[i] = to_exception(kind);
             } else if ((f.proto == kProtoIcmp || f.proto == kProtoIcmpv6) && !p.icmp_error) {
                 counters_.add(Counter::drop_icmp_not_allowed);
             } else {
@@ -340,37 +495,37 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     // Stage 3: grant verdict, connection table, Maglev, forwarding.
     for (size_t k = 0; k < n_pending; ++k) {
         const size_t i = pending[k];
-        switch (results[k].kind) {
-            case LookupKind::granted: break;
-            case LookupKind::no_grant: counters_.add(Counter::drop_no_grant); continue;
-            case LookupKind::expired: counters_.add(Counter::drop_grant_expired); continue;
-            case LookupKind::not_yet: counters_.add(Counter::drop_grant_not_yet_valid); continue;
-            case LookupKind::busy: counters_.add(Counter::drop_grant_busy); continue;
-        }
         const ParsedPacket& p = parsed[i];
         const Service& svc = *service_of[i];
+        if (results[k].kind != LookupKind::granted) {
+            switch (results[k].kind) {
+                case LookupKind::no_grant: counters_.add(Counter::drop_no_grant); break;
+                case LookupKind::expired: counters_.add(Counter::drop_grant_expired); break;
+                case LookupKind::not_yet: counters_.add(Counter::drop_grant_not_yet_valid); break;
+                default: counters_.add(Counter::drop_grant_busy); break;
+            }
+            // A tracked TCP flow whose grant ended: reset both ends.
+            if (p.flow.proto == 6 && !p.icmp_error && (p.tcp_flags & kTcpRst) == 0 &&
+                results[k].kind != LookupKind::busy) {
+                const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
+                ConnTable::Entry* e = conns_.find(p.flow, hash, now);
+                if (e != nullptr && e->service_id == svc.id && !svc.backends.empty() &&
+                    (e->last_reset == 0 || now - e->last_reset >= reset_interval_)) {
+                    e->last_reset = now;
+                    conns_.touch(*e, now, true);
+                    if (send_resets(pkts[i], p, svc, svc.backends[tracked_backend(*e, svc, hash)], hash, &ctx,
+                                    extra))
+                        actions[i] = Action::transmit;
+                }
+            }
+            continue;
+        }
         const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
         uint32_t backend = 0;
         ConnTable::Entry* e = conns_.find(p.flow, hash, now);
         if (e != nullptr && e->service_id == svc.id) {
             counters_.add(Counter::conn_hit);
-            if (e->service_generation == svc.generation) {
-                backend = e->backend;
-            } else {
-                // The backend set changed: keep the flow's backend if it is
-                // still there, else choose again.
-                const auto it = std::find_if(svc.backends.begin(), svc.backends.end(),
-                                             [&](const BackendInfo& b) { return backend_key(b) == e->backend_key; });
-                if (it != svc.backends.end()) {
-                    backend = static_cast<uint32_t>(it - svc.backends.begin());
-                } else {
-                    backend = maglev_lookup(svc.maglev, hash);
-                    e->backend_key = backend_key(svc.backends[backend]);
-                    counters_.add(Counter::conn_rehashed);
-                }
-                e->backend = backend;
-                e->service_generation = svc.generation;
-            }
+            backend = tracked_backend(*e, svc, hash);
             conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
         } else {
             backend = maglev_lookup(svc.maglev, hash);

@@ -24,6 +24,7 @@
 namespace jitlb::lb {
 
 inline constexpr size_t kBurst = 32;
+inline constexpr uint32_t kResetIntervalMs = 50;  // per flow, between pairs of resets
 
 // A packet in a buffer that may grow at the front (headroom) for
 // encapsulation; the pipeline moves `data` back and updates `len`.
@@ -34,10 +35,31 @@ struct PacketBuf {
     uint32_t tailroom = 0;  // bytes after data + len that may be used
 };
 
+// Spare buffers the caller lends the pipeline for packets it makes beyond the
+// burst (the reset towards the backend). The pipeline takes them from the
+// front; after the burst the caller transmits bufs[0..used) with their handles
+// and refills.
+struct ExtraPackets {
+    std::array<PacketBuf, 8> bufs{};
+    std::array<void*, 8> handles{};  // the caller's (e.g. rte_mbuf*)
+    size_t available = 0;
+    size_t used = 0;
+};
+
 enum class Action : uint8_t {
     drop = 0,   // counted with its reason
     transmit,   // send on the port it came from
     exception,  // hand to the main lcore (exception port), allowlisted
+};
+
+// Traffic for the node itself that may go to the kernel through the
+// exception port (config: [exception] allow); bits of NodeIdentity::exception_allow.
+enum ExceptionTraffic : uint32_t {
+    kExceptionArp = 1u << 0,   // ARP not answered here (replies to the kernel's requests)
+    kExceptionNd = 1u << 1,    // neighbour discovery not answered here
+    kExceptionIcmp = 1u << 2,  // ICMP / ICMPv6 to a node address
+    kExceptionSsh = 1u << 3,   // TCP to port 22 of a node address
+    kExceptionBgp = 1u << 4,   // TCP from or to port 179 of a node address
 };
 
 // What the node is, as workers need it (from the config).
@@ -51,6 +73,7 @@ struct NodeIdentity {
     uint32_t mtu = 1500;  // IP MTU of the port
     uint64_t flow_hash_seed = 0;
     uint64_t ticks_per_second = 1000;  // timebase of now_ticks (grant table's)
+    uint32_t exception_allow = 0;      // ExceptionTraffic bits; 0: no exception port
 };
 
 struct ConnTableConfig {
@@ -71,6 +94,7 @@ class ConnTable {
         uint64_t service_generation = 0;
         uint32_t backend = 0;    // index into the service's backends at that generation
         uint64_t backend_key = 0;  // hash of the backend's id: survives re-indexing
+        uint64_t last_reset = 0;  // ticks; 0 = never: resets are rate-limited per flow
         uint16_t service_id = 0;
         bool closing = false;
     };
@@ -95,17 +119,33 @@ class Pipeline {
 
     // Processes up to kBurst packets with one service snapshot and one clock
     // reading. actions[i] says what to do with pkts[i] (rewritten in place).
+    //
+    // A packet of a tracked TCP flow whose grant is no longer valid (expired,
+    // revoked, gone) is turned into a reset towards the client (seq = the
+    // client's ack), and a reset towards the backend (seq = the client's seq,
+    // through the service's forwarding mode) goes out in an extra buffer; the
+    // flow stays tracked, closing, so later packets (a challenge ACK) get fresh
+    // resets, at most one pair per kResetInterval per flow.
     void process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services,
-                       uint64_t now_ticks, std::span<Action> actions) noexcept;
+                       uint64_t now_ticks, std::span<Action> actions,
+                       ExtraPackets* extra = nullptr) noexcept;
 
     const ConnTable& connections() const noexcept { return conns_; }
     const NodeIdentity& node() const noexcept { return node_; }
 
   private:
+    using ForwardContextRef = void*;  // pipeline.cc's ForwardContext
+    bool is_node_address(IpVersion v, const uint8_t* bytes) const noexcept;
+    Action to_exception(uint32_t kind) noexcept;
+    uint32_t tracked_backend(ConnTable::Entry& e, const Service& svc, uint64_t hash) noexcept;
+    bool send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service& svc, const BackendInfo& backend,
+                     uint64_t hash, ForwardContextRef ctx, ExtraPackets* extra) noexcept;
+
     NodeIdentity node_;
     ConnTable conns_;
     GrantTableReader grants_;
     WorkerCounters& counters_;
+    uint64_t reset_interval_;  // ticks
 };
 
 }  // namespace jitlb::lb

@@ -1,6 +1,8 @@
 // The data plane's services (service_table.h).
 #include "service_table.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -41,19 +43,25 @@ VipKey key_of(const Vip& vip) {
 }
 
 std::string describe_vip(const Vip& vip) {
-    const auto& b = vip.address.bytes;
-    std::string addr;
-    if (vip.address.version == IpVersion::v4) {
-        addr = fmt::format("{}.{}.{}.{}", b[0], b[1], b[2], b[3]);
-    } else {
-        addr = "[";
-        for (size_t i = 0; i < 16; i += 2) {
-            if (i) addr += ':';
-            addr += fmt::format("{:x}", (b[i] << 8) | b[i + 1]);
-        }
-        addr += "]";
-    }
-    return fmt::format("{}:{}/{}", addr, vip.port, vip.protocol == L4Protocol::tcp ? "tcp" : "udp");
+    char text[INET6_ADDRSTRLEN] = "?";
+    const bool v4 = vip.address.version == IpVersion::v4;
+    inet_ntop(v4 ? AF_INET : AF_INET6, vip.address.bytes.data(), text, sizeof text);
+    return fmt::format("{}{}{}:{}/{}", v4 ? "" : "[", text, v4 ? "" : "]", vip.port,
+                       vip.protocol == L4Protocol::tcp ? "tcp" : "udp");
+}
+
+// One rule for both ways a service and its backends meet (a ServiceSet that
+// keeps backends, a BackendSet that keeps the mode): L2 DSR needs every
+// backend's MAC.
+std::string check_backends_for_mode(std::string_view service, ForwardingMode mode,
+                                    const std::vector<BackendInfo>& backends) {
+    if (mode != ForwardingMode::l2dsr) return {};
+    for (const BackendInfo& b : backends)
+        if (b.mac == MacAddress{})
+            return fmt::format("service {}: backend {} has no MAC (L2 DSR needs one; send a backend_set "
+                               "with MACs first)",
+                               service, b.id);
+    return {};
 }
 
 ServiceApplyResult failure(CommandRejectReason reason, std::string text) {
@@ -171,8 +179,9 @@ ServiceApplyResult ServiceTable::apply(uint16_t id, const ServiceSet& set) {
     next->vips = set.vips;
     next->generation = (old ? old->generation : 0) + 1;
     if (old != nullptr) {
-        next->backends = old->backends;
-        // The table size may have changed: rebuild.
+        next->backends = old->backends;  // the Maglev table is rebuilt: its size may have changed
+        if (std::string err = check_backends_for_mode(set.name, set.mode, next->backends); !err.empty())
+            return failure(CommandRejectReason::invalid_service, err);
     }
     if (std::string err = build_maglev(*next, set.maglev_table_size); !err.empty())
         return failure(CommandRejectReason::invalid_service, fmt::format("service {}: {}", set.name, err));
@@ -202,10 +211,6 @@ ServiceApplyResult ServiceTable::apply(const BackendSet& set) {
         if (!ids.insert(b.id).second)
             return failure(CommandRejectReason::invalid_service,
                            fmt::format("backends of {}: id {} listed twice", set.service, b.id));
-        if (old->mode == ForwardingMode::l2dsr && b.mac == MacAddress{})
-            return failure(CommandRejectReason::invalid_service,
-                           fmt::format("backends of {}: backend {} has no MAC (L2 DSR needs one)",
-                                       set.service, b.id));
         if (b.weight == 0)
             return failure(CommandRejectReason::invalid_service,
                            fmt::format("backends of {}: backend {} has weight 0", set.service, b.id));
@@ -214,6 +219,8 @@ ServiceApplyResult ServiceTable::apply(const BackendSet& set) {
     next->backends.clear();
     for (const Backend& b : set.backends)
         next->backends.push_back({b.id, b.address, b.mac, b.weight, backend_id_hash(b.id)});
+    if (std::string err = check_backends_for_mode(set.service, old->mode, next->backends); !err.empty())
+        return failure(CommandRejectReason::invalid_service, err);
     next->generation = old->generation + 1;
     if (std::string err = build_maglev(*next, table_sizes_[old->id]); !err.empty())
         return failure(CommandRejectReason::invalid_service, fmt::format("backends of {}: {}", set.service, err));

@@ -56,7 +56,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// --- errors ----------------------------------------------------------------------------
+// --- errors ----------------------------------------------------------------------------------
 
 // Errors carry their exit code: 2 when the command line was wrong, 1 when the
 // work failed (files, script, ring, peer).
@@ -84,7 +84,7 @@ std::string errno_text(int err) {
     return std::strerror(err);
 }
 
-// --- small parsers and formatters ----------------------------------------------------------
+// --- small parsers and formatters ------------------------------------------------------------
 
 template <class... F>
 struct Overloaded : F... {
@@ -304,7 +304,7 @@ bool try_lock_range(int fd, const RegionSection& range, bool lock, const std::st
                               range.offset + range.bytes, errno_text(errno)));
 }
 
-// --- the cmd file, which this process owns -------------------------------------------------------
+// --- the cmd file, which this process owns ---------------------------------------------------
 
 enum class CmdRole : uint8_t { producer, event_consumer };
 
@@ -430,7 +430,7 @@ class OwnCmdFile {
     CmdRegion region_;
 };
 
-// --- the state file, jitlb's --------------------------------------------------------------------
+// --- the state file, jitlb's -----------------------------------------------------------------
 
 struct PeerStateFile {
     SharedFile file;
@@ -472,7 +472,7 @@ std::string heartbeat_note(const StateHeader& header) {
                        age > 3000 ? " (stale: is jitlb running?)" : "");
 }
 
-// --- region options ----------------------------------------------------------------------------
+// --- region options --------------------------------------------------------------------------
 
 struct RegionOptions {
     std::string cmd_file;
@@ -689,8 +689,7 @@ int run_sign(const SignOptions& o) {
     return 0;
 }
 
-// --- push: the script
-// ------------------------------------------------------------------------------
+// --- push: the script ------------------------------------------------------------------------
 
 // Everything wrong with a script, each as "script[3].vips[0].port: what".
 struct Problems {
@@ -1032,8 +1031,7 @@ std::string_view type_name_of(const Message& message) {
     return message_type_name(static_cast<uint16_t>(message_type(message)));
 }
 
-// --- push: the ring
-// -----------------------------------------------------------------------------------
+// --- push: the ring --------------------------------------------------------------------------
 
 struct PushOptions {
     RegionOptions region;
@@ -1120,10 +1118,10 @@ int run_push(const PushOptions& o) {
         const size_t bytes = encoded_payload_size(messages[i]);
         if (bytes > producer.max_payload_bytes()) {
             throw Failure(
-                fmt::format("{}: script[{}] ({}): {} payload bytes, more than the {} "
-                            "half of this {}-slot ring can carry (nothing pushed)",
-                            cmd, i, type_name_of(messages[i]), bytes, producer.max_payload_bytes(),
-                            producer.slot_count()));
+                fmt::format("{}: script[{}] ({}): {} payload bytes, more than a record may "
+                            "carry in this {}-slot ring ({}: half the ring); nothing pushed",
+                            cmd, i, type_name_of(messages[i]), bytes, producer.slot_count(),
+                            producer.max_payload_bytes()));
         }
     }
     while (!producer.attached()) {
@@ -1167,7 +1165,7 @@ int run_push(const PushOptions& o) {
     return 0;
 }
 
-// --- events ------------------------------------------------------------------------------------
+// --- events ----------------------------------------------------------------------------------
 
 struct EventsOptions {
     RegionOptions region;
@@ -1320,7 +1318,7 @@ int run_events(const EventsOptions& o) {
     return 0;
 }
 
-// --- state -------------------------------------------------------------------------------------
+// --- state -----------------------------------------------------------------------------------
 
 struct StateOptions {
     RegionOptions region;

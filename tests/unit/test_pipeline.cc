@@ -87,6 +87,7 @@ NodeIdentity node_identity(uint64_t seed = kSeed) {
     n.mtu = 1500;
     n.flow_hash_seed = seed;
     n.ticks_per_second = 1000;
+    n.exception_allow = kExceptionSsh;
     return n;
 }
 
@@ -460,8 +461,9 @@ TEST_CASE("each malformed frame is dropped and counted under its parser reason",
     }
 }
 
-TEST_CASE("traffic to a node address that is not a VIP goes to the exception path", "[pipeline]") {
-    TestNode n;
+TEST_CASE("traffic to a node address that is not a VIP goes to the exception path when its kind is allowed",
+          "[pipeline][exception]") {
+    TestNode n;  // exception_allow: SSH only
     add_standard_services(n);
     grant_standard_client(n);
     const Bytes ssh4 = pad_to_min(eth4(tcp4("198.51.100.7", "192.0.2.10", 40000, 22)));
@@ -474,6 +476,12 @@ TEST_CASE("traffic to a node address that is not a VIP goes to the exception pat
     CHECK(n.get(Counter::forwarded) == 0);
     CHECK(b4.bytes() == ssh4);  // handed on unchanged
     CHECK(b6.bytes() == ssh6);
+
+    // Another kind of traffic to the node is not on the allowlist.
+    Buf web(pad_to_min(eth4(tcp4("198.51.100.7", "192.0.2.10", 40000, 8080))));
+    CHECK(n.process(web) == Action::drop);
+    CHECK(n.get(Counter::drop_exception_denied) == 1);
+    CHECK(n.get(Counter::to_exception) == 2);
 }
 
 // --- forwarding modes: exact output ------------------------------------------
@@ -703,7 +711,7 @@ TEST_CASE("an ARP request for a node address or a VIP is answered in place; othe
     CHECK(n.process(other) == Action::drop);
     CHECK(other.bytes() == request("192.0.2.99"));
     Buf not_a_request(pad_to_min(eth_frame(broadcast, asker_mac, 0x0806,
-                                           arp(2, asker_mac, asker_ip, Bytes(6, 0), wire("192.0.2.10")))));
+                                           arp(2, asker_mac, asker_ip, Bytes(6, 0), wire("192.0.2.99")))));
     CHECK(n.process(not_a_request) == Action::drop);
     CHECK(n.get(Counter::drop_not_for_us) == 2);
     CHECK(n.get(Counter::arp_replies) == 2);
@@ -789,18 +797,23 @@ TEST_CASE("a neighbour solicitation for a VIP or node address gets a solicited, 
         CHECK(b.pkt.tailroom == 64 - 8);
         CHECK(b.consistent());
     }
-    SECTION("a solicitation for another address is dropped as not_for_us") {
+    // Not answered: dropped (counted as not for us, or as not allowed to the
+    // kernel, since the solicitation went to a multicast group), unchanged.
+    SECTION("a solicitation for another address is not answered") {
         const Bytes frame = neighbour_solicitation(asker_mac, "2001:db8::7", "2001:db8::99", 255);
         Buf b(frame);
         CHECK(n.process(b) == Action::drop);
-        CHECK(n.get(Counter::drop_not_for_us) == 1);
+        CHECK(n.counters.total_drops() == 1);
+        CHECK(n.get(Counter::nd_replies) == 2);
         CHECK(b.bytes() == frame);
     }
-    SECTION("a solicitation with a hop limit below 255 is dropped (RFC 4861: it was routed)") {
-        Buf b(neighbour_solicitation(asker_mac, "2001:db8::7", "2001:db8::64", 64));
+    SECTION("a solicitation with a hop limit below 255 is not answered (RFC 4861: it was routed)") {
+        const Bytes frame = neighbour_solicitation(asker_mac, "2001:db8::7", "2001:db8::64", 64);
+        Buf b(frame);
         CHECK(n.process(b) == Action::drop);
-        CHECK(n.get(Counter::drop_not_for_us) == 1);
+        CHECK(n.counters.total_drops() == 1);
         CHECK(n.get(Counter::nd_replies) == 2);
+        CHECK(b.bytes() == frame);
     }
 }
 

@@ -257,6 +257,56 @@ TEST_CASE("a ServiceSet applied again keeps the service's backends and Maglev ta
     CHECK(table.find_by_name("web")->backends.size() == 3);
 }
 
+TEST_CASE("a ServiceSet whose Maglev table is too small for the backends it keeps is refused and nothing changes",
+          "[service_table]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)})));
+    require_ok(table.apply(backends("web", 3)));
+    const ServiceSnapshot* before = table.current();
+    // 101 is prime but below 100 slots per backend.
+    const ServiceApplyResult r = table.apply(1, service("web", {vip("203.0.113.10", 80)}, 101));
+    CHECK_FALSE(r.ok);
+    CHECK(r.reason == CommandRejectReason::invalid_service);
+    CHECK(table.current() == before);
+    CHECK(table.find_by_name("web")->maglev.size() == 65537);
+    // The size in force is still the old one: a BackendSet builds with it.
+    require_ok(table.apply(backends("web", 4)));
+    CHECK(table.find_by_name("web")->maglev.size() == 65537);
+}
+
+TEST_CASE("a BackendSet for an L2 DSR service is refused while a backend has no MAC", "[service_table]") {
+    ServiceTable table;
+    ServiceSet dsr = service("dsr", {vip("203.0.113.30", 80)});
+    dsr.mode = ForwardingMode::l2dsr;
+    require_ok(table.apply(1, dsr));
+    const ServiceApplyResult r = table.apply(backends("dsr", 2));  // no MACs
+    CHECK_FALSE(r.ok);
+    CHECK(r.reason == CommandRejectReason::invalid_service);
+    CHECK_THAT(r.error, Catch::Contains("backend-0"));
+    CHECK(table.find_by_name("dsr")->backends.empty());
+    BackendSet with_macs = backends("dsr", 2);
+    for (Backend& b : with_macs.backends) b.mac = {0x02, 0xcc, 0, 0, 0, 0x03};
+    require_ok(table.apply(with_macs));
+    CHECK(table.find_by_name("dsr")->backends[1].mac == MacAddress{0x02, 0xcc, 0, 0, 0, 0x03});
+}
+
+TEST_CASE("a ServiceSet that switches a service to L2 DSR is refused while one of its backends has no MAC",
+          "[service_table]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)})));
+    require_ok(table.apply(backends("web", 2)));  // IPIP: no MACs needed
+    const ServiceSnapshot* before = table.current();
+    ServiceSet dsr = service("web", {vip("203.0.113.10", 80)});
+    dsr.mode = ForwardingMode::l2dsr;
+    // The backends a ServiceSet keeps must satisfy the new mode as a
+    // BackendSet would have to: L2 DSR cannot send to a zero MAC.
+    const ServiceApplyResult r = table.apply(1, dsr);
+    CHECK_FALSE(r.ok);
+    CHECK(r.reason == CommandRejectReason::invalid_service);
+    CHECK(table.current() == before);
+    CHECK(table.find_by_name("web")->mode == ForwardingMode::ipip);
+}
+
 TEST_CASE("remove takes a service and its VIPs out, and its VIPs are free again", "[service_table]") {
     ServiceTable table;
     require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80), vip("2001:db8::64", 443)})));
