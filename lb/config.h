@@ -85,7 +85,7 @@ struct NodeConfig {
     int64_t skew_ms = VerifyPolicy{}.skew_ms;                        // 0..1 day
     int64_t max_grant_duration_ms = VerifyPolicy{}.max_duration_ms;  // 1 s..366 days
     int64_t not_before_horizon_ms = VerifyPolicy{}.horizon_ms;       // 0..366 days
-    uint32_t verify_per_tick = 64;  // Ed25519 verifications per main-lcore tick, 1..4096
+    uint32_t verify_per_tick = 2;  // Ed25519 verifications per main-lcore tick (~50 us each), 1..4096
     uint32_t tick_us = 100;         // main-lcore tick, 1..kMaxTickUs
 
     // Encapsulation towards backends (encap.h).

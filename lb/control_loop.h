@@ -58,7 +58,7 @@ struct ControlConfig {
     int64_t horizon_ms = 24 * 3'600'000LL;       // furthest accepted not-before
     // Ed25519 verifications per tick: about 45-50 us each, so 64 make a tick
     // of about 3 ms; 2 keep it within 100 us. Revocations are never capped.
-    uint32_t verify_per_tick = 64;
+    uint32_t verify_per_tick = 2;
     uint32_t backlog_capacity = 4096;   // grants waiting for verification
     uint32_t commands_per_tick = 4096;  // records popped per tick (the ring's default size)
     // Entries and revoked ids GrantTableWriter::expire examines per tick.

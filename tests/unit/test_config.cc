@@ -270,7 +270,7 @@ TEST_CASE("optional keys take their documented defaults", "[config]") {
     CHECK(c.not_before_horizon_ms == jitlb::VerifyPolicy{}.horizon_ms);
     CHECK(c.skew_ms == 2'000);
     CHECK(c.max_grant_duration_ms == 86'400'000);
-    CHECK(c.verify_per_tick == 64);
+    CHECK(c.verify_per_tick == 2);
     CHECK(c.tick_us == 100);
 
     CHECK_FALSE(c.has_outer_source_v6());

@@ -131,6 +131,7 @@ struct Harness {
         config.max_duration_ms = 24 * kHour;
         config.horizon_ms = 24 * kHour;
         config.ticks_per_second = 1000;
+        config.verify_per_tick = 64;  // the tests below count in ticks of 64
         config.service_capacity = 64;
         config.worker_stats_lines = 4;
         if (adjust) adjust(config);
