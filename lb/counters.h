@@ -31,6 +31,7 @@ enum class Counter : uint16_t {
     conn_rehashed,        // tracked flow whose backend is gone: chosen again
     resets_sent,          // TCP resets for flows whose grant ended
     reset_no_buffer,      // the reset towards the backend had no spare buffer
+    too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,
     drop_no_grant,
@@ -42,7 +43,7 @@ enum class Counter : uint16_t {
     drop_not_for_us,      // ARP / ND / ICMP for an address that is not ours
     drop_icmp_not_allowed,
     drop_icmp_mtu_too_small,  // packet-too-big below 576 (v4) / 1280 (v6)
-    drop_too_big,         // encapsulated packet above the port MTU (PTB sent)
+    drop_too_big,         // encapsulated packet above the port MTU (too_big_sent if answered)
     drop_encap_failed,
     drop_no_headroom,
     drop_exception_denied,  // not on the exception allowlist

@@ -24,6 +24,27 @@ inline void store_be16(uint8_t* p, uint16_t v) noexcept {
     p[1] = static_cast<uint8_t>(v);
 }
 
+inline uint32_t load_be32(const uint8_t* p) noexcept {
+    return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
+}
+inline void store_be32(uint8_t* p, uint32_t v) noexcept {
+    p[0] = static_cast<uint8_t>(v >> 24);
+    p[1] = static_cast<uint8_t>(v >> 16);
+    p[2] = static_cast<uint8_t>(v >> 8);
+    p[3] = static_cast<uint8_t>(v);
+}
+
+uint16_t icmpv6_checksum(const uint8_t* ip6, const uint8_t* icmp, uint32_t len) noexcept {
+    uint32_t sum = 0;
+    for (int i = 0; i < 32; i += 2) sum += load_be16(ip6 + 8 + i);  // source and destination
+    sum += len >> 16;
+    sum += len & 0xffff;
+    sum += kProtoIcmpv6;
+    const uint16_t folded = ones_complement_sum({icmp, len}, sum);
+    const uint16_t c = static_cast<uint16_t>(~folded);
+    return c;
+}
+
 bool same_address(const IpAddress& a, IpVersion v, const uint8_t* bytes) noexcept {
     return a.version == v && std::memcmp(a.bytes.data(), bytes, v == IpVersion::v4 ? 4 : 16) == 0;
 }
@@ -91,28 +112,91 @@ struct ForwardContext {
     EncapParams ipip;
     EncapParams gue;
     WorkerCounters& counters;
+    IcmpLimiter& too_big_limiter;
+    uint64_t now;
 };
+
+enum class Outcome : uint8_t { dropped, forwarded, answered };
+
+// Turns a packet that does not fit the port once encapsulated into an ICMP
+// fragmentation-needed (IPv4 with DF) / packet-too-big (IPv6) from the VIP to
+// the client, in place, advertising the MTU minus the encapsulation's
+// overhead, so the client's path MTU discovery works through jitlb.
+bool write_too_big(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& node_mac, uint32_t mtu) noexcept {
+    const uint32_t l3 = p.l3_offset;
+    uint8_t* ip = pkt.data + l3;
+    const bool v6 = p.flow.version == IpVersion::v6;
+    if (!v6 && (ip[6] & 0x40) == 0) return false;  // no DF: not the client's to fix (dropped, counted)
+    const uint32_t hdr = v6 ? 48 : 28;              // IP + ICMP headers in front of the quote
+    const uint32_t limit = v6 ? 1280 : 576;         // RFC 4443 2.4 (c) / RFC 1812 4.3.2.3
+    const uint32_t quote = std::min<uint32_t>(p.l3_length, limit - hdr);
+    if (l3 + hdr + quote > pkt.len + pkt.tailroom) return false;
+    std::memmove(ip + hdr, ip, quote);
+    const uint8_t* q = ip + hdr;  // the client's packet, quoted
+    uint8_t* icmp = ip + (v6 ? 40 : 20);
+    if (v6) {
+        store_be32(ip, 0x60000000);
+        store_be16(ip + 4, static_cast<uint16_t>(8 + quote));
+        ip[6] = kProtoIcmpv6;
+        ip[7] = 64;
+        std::memcpy(ip + 8, q + 24, 16);   // from the VIP
+        std::memcpy(ip + 24, q + 8, 16);   // to the client
+        icmp[0] = 2;
+        icmp[1] = 0;
+        store_be16(icmp + 2, 0);
+        store_be32(icmp + 4, std::max<uint32_t>(mtu, 1280));
+        store_be16(icmp + 2, icmpv6_checksum(ip, icmp, 8 + quote));
+    } else {
+        ip[0] = 0x45;
+        ip[1] = 0;
+        store_be16(ip + 2, static_cast<uint16_t>(28 + quote));
+        store_be16(ip + 4, 0);
+        store_be16(ip + 6, 0);
+        ip[8] = 64;
+        ip[9] = kProtoIcmp;
+        store_be16(ip + 10, 0);
+        std::memcpy(ip + 12, q + 16, 4);  // from the VIP
+        std::memcpy(ip + 16, q + 12, 4);  // to the client
+        store_be16(ip + 10, static_cast<uint16_t>(~ones_complement_sum({ip, 20})));
+        icmp[0] = 3;
+        icmp[1] = 4;
+        store_be16(icmp + 2, 0);
+        store_be16(icmp + 4, 0);
+        store_be16(icmp + 6, static_cast<uint16_t>(std::max<uint32_t>(mtu, 68)));
+        store_be16(icmp + 2, static_cast<uint16_t>(~ones_complement_sum({icmp, 8 + quote})));
+    }
+    uint8_t client_mac[6];
+    std::memcpy(client_mac, pkt.data + 6, 6);
+    std::memcpy(pkt.data, client_mac, 6);
+    std::memcpy(pkt.data + 6, node_mac.data(), 6);
+    pkt.tailroom = pkt.len + pkt.tailroom - (l3 + hdr + quote);
+    pkt.len = l3 + hdr + quote;
+    return true;
+}
 
 // Strips the client's Ethernet (and VLAN) header and writes the outer headers
 // in front of the IP packet.
-bool forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob& job) noexcept {
+Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob& job) noexcept {
     const uint32_t l3 = job.parsed.l3_offset;
     const uint32_t inner_len = job.parsed.l3_length;
     const uint32_t hdr = static_cast<uint32_t>(encap_header_len(params.kind, job.backend.address.version));
     if (hdr - kEthLen + inner_len > ctx.node.mtu) {
         ctx.counters.add(Counter::drop_too_big);
-        return false;
+        if (job.parsed.icmp_error || !ctx.too_big_limiter.take(ctx.now)) return Outcome::dropped;
+        if (!write_too_big(job.pkt, job.parsed, ctx.node.mac, ctx.node.mtu - (hdr - kEthLen))) return Outcome::dropped;
+        ctx.counters.add(Counter::too_big_sent);
+        return Outcome::answered;
     }
     if (job.pkt.headroom + l3 < hdr) {
         ctx.counters.add(Counter::drop_no_headroom);
-        return false;
+        return Outcome::dropped;
     }
     uint8_t* start = job.pkt.data + l3 - hdr;
     const EncapError err = write_encap_headers({start, hdr}, {job.pkt.data + l3, inner_len}, job.backend.address,
                                                job.hash, params);
     if (err != EncapError::ok) {
         ctx.counters.add(Counter::drop_encap_failed);
-        return false;
+        return Outcome::dropped;
     }
     // The buffer [data - headroom, data + len + tailroom) stays where it is;
     // Ethernet padding after the IP packet goes with the old length.
@@ -121,23 +205,23 @@ bool forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob& j
     job.pkt.data = start;
     job.pkt.len = hdr + inner_len;
     job.pkt.tailroom = capacity - job.pkt.headroom - job.pkt.len;
-    return true;
+    return Outcome::forwarded;
 }
 
-bool forward_ipip(ForwardContext& ctx, ForwardJob& job) noexcept { return forward_encap(ctx, ctx.ipip, job); }
+Outcome forward_ipip(ForwardContext& ctx, ForwardJob& job) noexcept { return forward_encap(ctx, ctx.ipip, job); }
 
-bool forward_gue(ForwardContext& ctx, ForwardJob& job) noexcept {
+Outcome forward_gue(ForwardContext& ctx, ForwardJob& job) noexcept {
     EncapParams params = ctx.gue;
     params.gue_port = job.service.gue_port;
     return forward_encap(ctx, params, job);
 }
 
-bool forward_l2dsr(ForwardContext& ctx, ForwardJob& job) noexcept {
+Outcome forward_l2dsr(ForwardContext& ctx, ForwardJob& job) noexcept {
     rewrite_l2_dsr({job.pkt.data, job.pkt.len}, job.backend.mac, ctx.node.mac);
-    return true;
+    return Outcome::forwarded;
 }
 
-using Forwarder = bool (*)(ForwardContext&, ForwardJob&) noexcept;
+using Forwarder = Outcome (*)(ForwardContext&, ForwardJob&) noexcept;
 
 // Indexed by ForwardingMode: the mode is chosen when the service is
 // installed, and the packet path makes one indirect call, not a mode branch.
@@ -175,16 +259,6 @@ bool arp_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac,
     return true;
 }
 
-uint16_t icmpv6_checksum(const uint8_t* ip6, const uint8_t* icmp, uint32_t len) noexcept {
-    uint32_t sum = 0;
-    for (int i = 0; i < 32; i += 2) sum += load_be16(ip6 + 8 + i);  // source and destination
-    sum += len >> 16;
-    sum += len & 0xffff;
-    sum += kProtoIcmpv6;
-    const uint16_t folded = ones_complement_sum({icmp, len}, sum);
-    const uint16_t c = static_cast<uint16_t>(~folded);
-    return c;
-}
 
 // Answers a neighbour solicitation for one of our addresses or VIPs in place
 // with a solicited, override advertisement carrying our MAC.
@@ -240,15 +314,6 @@ bool nd_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac, cons
 
 // --- resets for flows whose grant ended -----------------------------------------
 
-inline uint32_t load_be32(const uint8_t* p) noexcept {
-    return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
-}
-inline void store_be32(uint8_t* p, uint32_t v) noexcept {
-    p[0] = static_cast<uint8_t>(v >> 24);
-    p[1] = static_cast<uint8_t>(v >> 16);
-    p[2] = static_cast<uint8_t>(v >> 8);
-    p[3] = static_cast<uint8_t>(v);
-}
 
 // Writes IP + TCP headers of a bare RST (no options, no payload) at `ip`,
 // from `src` to `dst`; returns the IP packet's length.
@@ -302,7 +367,8 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
       conns_(conn, node.ticks_per_second),
       grants_(grants),
       counters_(counters),
-      reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)) {}
+      reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
+      too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second) {}
 
 bool Pipeline::is_node_address(IpVersion v, const uint8_t* bytes) const noexcept {
     return std::any_of(node_.addresses.begin(), node_.addresses.end(),
@@ -364,7 +430,7 @@ bool Pipeline::send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service&
             ParsedPacket rp;
             if (parse_packet({out.data, out.len}, rp) == DropReason::none) {
                 ForwardJob job{out, rp, svc, backend, hash};
-                if (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
+                if (kForwarders[static_cast<size_t>(svc.mode)](ctx, job) == Outcome::forwarded) {
                     ++extra->used;
                     counters_.add(Counter::resets_sent);
                 }
@@ -404,7 +470,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     uint8_t pending[kBurst];
     size_t n_pending = 0;
 
-    ForwardContext ctx{node_, {}, {}, counters_};
+    ForwardContext ctx{node_, {}, {}, counters_, too_big_limiter_, now};
     ctx.ipip.kind = EncapKind::ipip;
     ctx.ipip.src_mac = node_.mac;
     ctx.ipip.dst_mac = node_.next_hop_mac;
@@ -548,9 +614,13 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             }
         }
         ForwardJob job{pkts[i], p, svc, svc.backends[backend], hash};
-        if (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
-            counters_.add(Counter::forwarded);
-            actions[i] = Action::transmit;
+        switch (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
+            case Outcome::forwarded:
+                counters_.add(Counter::forwarded);
+                actions[i] = Action::transmit;
+                break;
+            case Outcome::answered: actions[i] = Action::transmit; break;
+            case Outcome::dropped: break;
         }
     }
 }

@@ -8,6 +8,7 @@
 // Nothing here allocates, locks, logs or makes a system call once built.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -112,6 +113,30 @@ class ConnTable {
     uint64_t closed_ticks_ = 0;
 };
 
+// A token bucket for the ICMP errors a worker sends (RFC 4443 2.4 (f)):
+// `rate` per second, bursts of up to `burst`.
+class IcmpLimiter {
+  public:
+    IcmpLimiter(uint32_t rate, uint32_t burst, uint64_t ticks_per_second) noexcept
+        : interval_(std::max<uint64_t>(1, ticks_per_second / std::max<uint32_t>(rate, 1))),
+          burst_ticks_(interval_ * burst) {}
+    bool take(uint64_t now) noexcept {
+        // `next_` is when the bucket would be full minus burst; one token per interval.
+        if (next_ + burst_ticks_ < now) next_ = now - burst_ticks_;
+        if (next_ > now) return false;
+        next_ += interval_;
+        return true;
+    }
+
+  private:
+    uint64_t interval_;
+    uint64_t burst_ticks_;
+    uint64_t next_ = 0;
+};
+
+inline constexpr uint32_t kTooBigPerSecond = 1000;  // per worker
+inline constexpr uint32_t kTooBigBurst = 50;
+
 class Pipeline {
   public:
     Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
@@ -146,6 +171,7 @@ class Pipeline {
     GrantTableReader grants_;
     WorkerCounters& counters_;
     uint64_t reset_interval_;  // ticks
+    IcmpLimiter too_big_limiter_;
 };
 
 }  // namespace jitlb::lb

@@ -300,6 +300,21 @@ def l2dsr(service):
     return Out("l2dsr: MACs rewritten", build, ("forwarded",))
 
 
+def too_big_answer(mtu):
+    """An ICMP fragmentation-needed (IPv4, DF) / packet-too-big (IPv6) from the VIP back to
+    the client, advertising `mtu` (the port's MTU minus the encapsulation), quoting as much
+    of the client's packet as fits in 576 / 1280 bytes."""
+    def build(frame):
+        ip, inner = l3_of(frame)
+        if ip.version == 4:
+            reply = IP(src=ip.dst, dst=ip.src, ttl=64, id=0, flags=0) / ICMP(type=3, code=4, nexthopmtu=mtu) / \
+                inner[:576 - 28]
+        else:
+            reply = IPv6(src=ip.dst, dst=ip.src, hlim=64) / ICMPv6PacketTooBig(mtu=mtu) / inner[:1280 - 48]
+        return bytes(Ether(dst=CLIENT_MAC, src=NODE_MAC) / reply)
+    return Out(f"too big: ICMP to the client, MTU {mtu}", build, ("too_big", "too_big_sent"))
+
+
 def answer(what, frame, counter):
     return Out(what, lambda _: bytes(frame), (counter,))
 
@@ -356,8 +371,8 @@ def ip_for(src, dst, **kw):
     return IPv6(src=src, dst=dst, **{k: v for k, v in kw.items() if k in ("tc", "fl", "hlim")})
 
 
-def tcp(src, dst, dport, sport=40001, flags="S", payload=b"", vlans=(), seq=1000, ack=0, **ipkw):
-    ipkw.setdefault("flags", "DF")
+def tcp(src, dst, dport, sport=40001, flags="S", payload=b"", vlans=(), seq=1000, ack=0, ip_flags="DF", **ipkw):
+    ipkw["flags"] = ip_flags  # IPv4 only; `flags` are TCP's
     return (eth(vlans) / ip_for(src, dst, **ipkw) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) /
             Raw(payload))
 
@@ -545,14 +560,17 @@ def cases():
               tcp(C4, WEB, 80, sport=40005, flags="FA")], ipip("web")),
         Case("IPIP v4-in-v4: 1480-byte inner packet fits the 1500 MTU",
              [tcp(C4, WEB, 80, sport=40006, flags="A", payload=bytes(BIG))], ipip("web")),
-        Case("IPIP v4-in-v4: 1481-byte inner packet is too big",
-             [tcp(C4, WEB, 80, sport=40007, flags="A", payload=bytes(BIG + 1))], drop("too_big", tracked=True)),
+        Case("IPIP v4-in-v4: 1481-byte inner packet with DF: frag-needed to the client, MTU 1480",
+             [tcp(C4, WEB, 80, sport=40007, flags="A", payload=bytes(BIG + 1))], too_big_answer(1480)),
+        Case("IPIP v4-in-v4: 1481-byte inner packet without DF is dropped (not fragmented)",
+             [tcp(C4, WEB, 80, sport=40017, flags="A", ip_flags=0, payload=bytes(BIG + 1))],
+             drop("too_big", tracked=True)),
         Case("IPIP v6-in-v6: traffic class 0x28, flow label 0x12345",
              [tcp(C6, WEB6, 80, tc=0x28, fl=0x12345)], ipip("web6")),
         Case("IPIP v6-in-v6: 1460-byte inner packet fits the 1500 MTU",
              [tcp(C6, WEB6, 80, sport=40008, flags="A", payload=bytes(1460 - 60))], ipip("web6")),
-        Case("IPIP v6-in-v6: 1461-byte inner packet is too big",
-             [tcp(C6, WEB6, 80, sport=40009, flags="A", payload=bytes(1461 - 60))], drop("too_big", tracked=True)),
+        Case("IPIP v6-in-v6: 1461-byte inner packet: packet-too-big to the client, MTU 1460",
+             [tcp(C6, WEB6, 80, sport=40009, flags="A", payload=bytes(1461 - 60))], too_big_answer(1460)),
         Case("IPIP v4-in-v6", [tcp(C4, "192.0.2.103", 8080, tos=0x10)], ipip("mix46")),
         Case("IPIP v6-in-v4 (outer DF always set)", [tcp(C6, "2001:db8::104", 8080)], ipip("mix64")),
 

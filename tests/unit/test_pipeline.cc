@@ -645,7 +645,8 @@ TEST_CASE("a packet without headroom for the outer headers is dropped as no_head
     }
 }
 
-TEST_CASE("a packet whose encapsulation exceeds the MTU is dropped as too_big; one that fits is sent",
+TEST_CASE("a packet whose encapsulation exceeds the MTU is counted too_big and answered with packet-too-big "
+          "when it may not be fragmented; one that fits is sent",
           "[pipeline][encap]") {
     struct Row {
         const char* what;
@@ -674,9 +675,26 @@ TEST_CASE("a packet whose encapsulation exceeds the MTU is dropped as too_big; o
         CHECK(fits.pkt.len - 14 == 1500);  // the outer IP packet is exactly the MTU
         Buf too_big(frame_of(row.largest_inner + 1));
         const Bytes before = too_big.bytes();
-        CHECK(n.process(too_big) == Action::drop);
+        if (row.v6) {
+            // IPv6 is never fragmented on the way: the client gets a packet-too-big
+            // from the VIP with the MTU left after the outer header.
+            CHECK(n.process(too_big) == Action::transmit);
+            CHECK(n.get(Counter::too_big_sent) == 1);
+            const Bytes out = too_big.bytes();
+            REQUIRE(out.size() == 14 + 1280);  // quoted as far as 1280 bytes allow
+            CHECK(out[14 + 6] == 58);                                        // ICMPv6
+            CHECK(std::equal(out.begin() + 22, out.begin() + 38, before.begin() + 14 + 24));  // from the VIP
+            CHECK(std::equal(out.begin() + 38, out.begin() + 54, before.begin() + 14 + 8));   // to the client
+            CHECK(out[54] == 2);                                             // packet too big
+            CHECK((out[58] << 24 | out[59] << 16 | out[60] << 8 | out[61]) == 1460);
+            CHECK(std::equal(out.begin() + 62, out.end(), before.begin() + 14));  // the client's packet
+        } else {
+            // These IPv4 packets do not set DF: dropped, not answered.
+            CHECK(n.process(too_big) == Action::drop);
+            CHECK(too_big.bytes() == before);
+            CHECK(n.get(Counter::too_big_sent) == 0);
+        }
         CHECK(n.get(Counter::drop_too_big) == 1);
-        CHECK(too_big.bytes() == before);
         CHECK(n.get(Counter::forwarded) == 1);
     }
 }
