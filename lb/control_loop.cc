@@ -778,6 +778,11 @@ void ControlLoop::activated(const GrantId& id, uint32_t service, int64_t not_aft
 
 // Never blocks and never overwrites: an event that does not fit is counted
 // and dropped. Events are advice; jitd reconciles from the state file.
+void ControlLoop::post_denial(const DenialSample& sample) {
+    TickReport report;
+    post(Message{sample}, report);
+}
+
 void ControlLoop::post(const Message& event, TickReport& report) {
     const SendResult sent = push_message(events_, event);
     if (sent.ok()) {

@@ -176,6 +176,10 @@ class ControlLoop {
     // issuer_key_removed each, then KeysReloaded). A bad file keeps the old
     // keys and posts CommandRejected(key_reload_failed) with the message.
     void reload_keys(uint64_t command_sequence = 0);
+    // A denial a worker sampled, forwarded to the event ring (for the audit
+    // log: who knocked). Dropped and counted like any event when the ring is
+    // full or jitd is not attached.
+    void post_denial(const DenialSample& sample);
 
     const GrantTableReader& grants() const noexcept { return writer_->reader(); }
     const GrantTableWriter& grant_writer() const noexcept { return *writer_; }

@@ -22,6 +22,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::resets_sent: return "resets_sent";
         case Counter::reset_no_buffer: return "reset_no_buffer";
         case Counter::too_big_sent: return "too_big_sent";
+        case Counter::denial_samples_lost: return "denial_samples_lost";
         case Counter::drop_unknown_vip: return "unknown_vip";
         case Counter::drop_no_grant: return "no_grant";
         case Counter::drop_grant_expired: return "grant_expired";

@@ -31,6 +31,7 @@ enum class Counter : uint16_t {
     conn_rehashed,        // tracked flow whose backend is gone: chosen again
     resets_sent,          // TCP resets for flows whose grant ended
     reset_no_buffer,      // the reset towards the backend had no spare buffer
+    denial_samples_lost,  // sampled denials the ring to the main lcore did not take
     too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,

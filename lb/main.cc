@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <rte_cycles.h>
@@ -32,6 +33,8 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_ring.h>
+#include <rte_telemetry.h>
+#include <rte_ring_elem.h>
 
 #include <CLI/CLI.hpp>
 #include <sodium.h>
@@ -98,6 +101,7 @@ struct alignas(64) WorkerContext {
     WorkerCounters* counters = nullptr;
     rte_ring* exception_ring = nullptr;  // to the main lcore (SP/SC)
     rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
+    rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
     uint16_t from_kernel_port = 0;
     const ServiceTable* services = nullptr;
     Quiescence* quiescence = nullptr;
@@ -156,6 +160,12 @@ int worker_main(void* arg) {
                 ++n_ok;
             }
             w.pipeline->process_burst({bufs, n_ok}, *snap, now, {actions, n_ok}, &extra);
+            if (const auto samples = w.pipeline->denial_samples(); !samples.empty())
+                w.counters->add(Counter::denial_samples_lost,
+                                samples.size() - rte_ring_sp_enqueue_burst_elem(w.denial_ring, samples.data(),
+                                                                               sizeof(DenialSample),
+                                                                               static_cast<unsigned>(samples.size()),
+                                                                               nullptr));
             uint16_t n_tx = 0, n_drop = 0;
             for (uint16_t i = 0; i < n_ok; ++i) {
                 rte_mbuf* m = mbufs[i];
@@ -365,6 +375,30 @@ ControlConfig control_config_from(const NodeConfig& config, const GrantTableMacK
     return cc;
 }
 
+void add_counters(WorkerCounters& total, const WorkerCounters& w) {
+    for (size_t i = 0; i < total.by_counter.size(); ++i)
+        total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
+    for (size_t i = 0; i < total.parse_drops.size(); ++i)
+        total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
+}
+
+// What DPDK telemetry reads (/jitlb/stats): every lcore's counter block. Read
+// from the telemetry thread with relaxed loads; each counter is one aligned
+// word written by one lcore, so it is never torn.
+std::vector<const WorkerCounters*> g_counter_blocks;
+
+int telemetry_stats(const char*, const char*, rte_tel_data* d) {
+    WorkerCounters total{};
+    for (const WorkerCounters* c : g_counter_blocks) add_counters(total, *c);
+    rte_tel_data_start_dict(d);
+    for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
+        rte_tel_data_add_dict_u64(d, std::string(counter_name(static_cast<Counter>(i))).c_str(), total.by_counter[i]);
+    for (size_t i = 1; i < static_cast<size_t>(DropReason::count_); ++i)
+        rte_tel_data_add_dict_u64(d, fmt::format("parse_{}", drop_reason_name(static_cast<DropReason>(i))).c_str(),
+                                  total.parse_drops[i]);
+    return 0;
+}
+
 std::string counters_json(const WorkerCounters& total) {
     std::string s = "{";
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
@@ -374,12 +408,6 @@ std::string counters_json(const WorkerCounters& total) {
     return s + "}";
 }
 
-void add_counters(WorkerCounters& total, const WorkerCounters& w) {
-    for (size_t i = 0; i < total.by_counter.size(); ++i)
-        total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
-    for (size_t i = 0; i < total.parse_drops.size(); ++i)
-        total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
-}
 
 }  // namespace
 
@@ -516,6 +544,10 @@ int main(int argc, char** argv) {
         ctx->quiescence = &quiescence;
         ctx->state_header = state.header;
         ctx->pool = pool;
+        static_assert(sizeof(DenialSample) % 4 == 0 && std::is_trivially_copyable_v<DenialSample>);
+        ctx->denial_ring = rte_ring_create_elem(fmt::format("jitlb_deny{}", w).c_str(), sizeof(DenialSample), 256,
+                                                static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
+        if (ctx->denial_ring == nullptr) die_rte("denial sample ring");
         if (!config.exception_port.empty()) {
             ctx->exception_ring = rte_ring_create(fmt::format("jitlb_exc{}", w).c_str(), kExceptionRingSize,
                                                   static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
@@ -540,6 +572,11 @@ int main(int argc, char** argv) {
     // The main lcore's own counters (exception traffic), after the workers'.
     WorkerCounters* main_counters =
         new (state.worker_stats.data() + n_workers * sizeof(WorkerCounters)) WorkerCounters{};
+    for (auto& w : workers) g_counter_blocks.push_back(w->counters);
+    g_counter_blocks.push_back(main_counters);
+    if (rte_telemetry_register_cmd("/jitlb/stats", telemetry_stats,
+                                   "jitlb's counters, summed over lcores. No parameters") != 0)
+        std::fprintf(stderr, "jitlb: telemetry command /jitlb/stats not registered\n");
 
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t started = rte_rdtsc();
@@ -558,6 +595,11 @@ int main(int argc, char** argv) {
         control->tick();
         services.reclaim(quiescence);
         if (has_exception) relay_exception(workers, exception_id, *main_counters);
+        for (auto& w : workers) {
+            DenialSample samples[16];
+            const unsigned n = rte_ring_sc_dequeue_burst_elem(w->denial_ring, samples, sizeof(DenialSample), 16, nullptr);
+            for (unsigned i = 0; i < n; ++i) control->post_denial(samples[i]);
+        }
         if (exit_when_idle_ms != 0) {
             uint64_t last = 0;
             for (auto& w : workers) last = std::max(last, w->last_rx_tsc.load(std::memory_order_relaxed));

@@ -112,7 +112,7 @@ struct ForwardContext {
     EncapParams ipip;
     EncapParams gue;
     WorkerCounters& counters;
-    IcmpLimiter& too_big_limiter;
+    TokenBucket& too_big_limiter;
     uint64_t now;
 };
 
@@ -368,7 +368,26 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
       grants_(grants),
       counters_(counters),
       reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
-      too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second) {}
+      too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second),
+      denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second) {}
+
+// Every denial counts towards its reason; a few per second are sampled with
+// the count since the last sample, so the audit log shows who knocked.
+void Pipeline::sample_denial(DenialReason reason, const ParsedPacket& p, uint16_t service_id, uint64_t now) noexcept {
+    uint64_t& since = denials_since_sample_[static_cast<size_t>(reason) & 7];
+    ++since;
+    if (n_samples_ == samples_.size() || !denial_limiter_.take(now)) return;
+    DenialSample& d = samples_[n_samples_++];
+    d.family = p.flow.version;
+    d.protocol = p.flow.proto;
+    d.reason = reason;
+    d.service_id = service_id;
+    d.source = p.flow.src;
+    d.vip = p.flow.dst;
+    d.vip_port = p.flow.dst_port;
+    d.count = since;
+    since = 0;
+}
 
 bool Pipeline::is_node_address(IpVersion v, const uint8_t* bytes) const noexcept {
     return std::any_of(node_.addresses.begin(), node_.addresses.end(),
@@ -471,6 +490,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     size_t n_pending = 0;
 
     ForwardContext ctx{node_, {}, {}, counters_, too_big_limiter_, now};
+    n_samples_ = 0;
     ctx.ipip.kind = EncapKind::ipip;
     ctx.ipip.src_mac = node_.mac;
     ctx.ipip.dst_mac = node_.next_hop_mac;
@@ -565,9 +585,18 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         const Service& svc = *service_of[i];
         if (results[k].kind != LookupKind::granted) {
             switch (results[k].kind) {
-                case LookupKind::no_grant: counters_.add(Counter::drop_no_grant); break;
-                case LookupKind::expired: counters_.add(Counter::drop_grant_expired); break;
-                case LookupKind::not_yet: counters_.add(Counter::drop_grant_not_yet_valid); break;
+                case LookupKind::no_grant:
+                    counters_.add(Counter::drop_no_grant);
+                    sample_denial(DenialReason::no_grant, p, svc.id, now);
+                    break;
+                case LookupKind::expired:
+                    counters_.add(Counter::drop_grant_expired);
+                    sample_denial(DenialReason::grant_expired, p, svc.id, now);
+                    break;
+                case LookupKind::not_yet:
+                    counters_.add(Counter::drop_grant_not_yet_valid);
+                    sample_denial(DenialReason::grant_not_yet_valid, p, svc.id, now);
+                    break;
                 default: counters_.add(Counter::drop_grant_busy); break;
             }
             // A tracked TCP flow whose grant ended: reset both ends.

@@ -19,6 +19,7 @@
 #include "encap.h"
 #include "flow.h"
 #include "grant_table.h"
+#include "messages.h"
 #include "packet.h"
 #include "service_table.h"
 
@@ -113,11 +114,11 @@ class ConnTable {
     uint64_t closed_ticks_ = 0;
 };
 
-// A token bucket for the ICMP errors a worker sends (RFC 4443 2.4 (f)):
-// `rate` per second, bursts of up to `burst`.
-class IcmpLimiter {
+// A token bucket (the ICMP errors a worker sends, RFC 4443 2.4 (f); the
+// denials it samples): `rate` per second, bursts of up to `burst`.
+class TokenBucket {
   public:
-    IcmpLimiter(uint32_t rate, uint32_t burst, uint64_t ticks_per_second) noexcept
+    TokenBucket(uint32_t rate, uint32_t burst, uint64_t ticks_per_second) noexcept
         : interval_(std::max<uint64_t>(1, ticks_per_second / std::max<uint32_t>(rate, 1))),
           burst_ticks_(interval_ * burst) {}
     bool take(uint64_t now) noexcept {
@@ -136,6 +137,9 @@ class IcmpLimiter {
 
 inline constexpr uint32_t kTooBigPerSecond = 1000;  // per worker
 inline constexpr uint32_t kTooBigBurst = 50;
+inline constexpr uint32_t kDenialSamplesPerSecond = 100;  // per worker
+inline constexpr uint32_t kDenialSampleBurst = 8;
+inline constexpr size_t kMaxDenialSamplesPerBurst = 8;
 
 class Pipeline {
   public:
@@ -156,6 +160,9 @@ class Pipeline {
                        ExtraPackets* extra = nullptr) noexcept;
 
     const ConnTable& connections() const noexcept { return conns_; }
+    // The denials sampled during the last burst (at most kMaxDenialSamplesPerBurst;
+    // `count` says how many of that reason happened since the previous sample).
+    std::span<const DenialSample> denial_samples() const noexcept { return {samples_.data(), n_samples_}; }
     const NodeIdentity& node() const noexcept { return node_; }
 
   private:
@@ -170,8 +177,14 @@ class Pipeline {
     ConnTable conns_;
     GrantTableReader grants_;
     WorkerCounters& counters_;
+    void sample_denial(DenialReason reason, const ParsedPacket& p, uint16_t service_id, uint64_t now) noexcept;
+
     uint64_t reset_interval_;  // ticks
-    IcmpLimiter too_big_limiter_;
+    TokenBucket too_big_limiter_;
+    TokenBucket denial_limiter_;
+    std::array<uint64_t, 8> denials_since_sample_{};  // by DenialReason
+    std::array<DenialSample, kMaxDenialSamplesPerBurst> samples_{};
+    size_t n_samples_ = 0;
 };
 
 }  // namespace jitlb::lb

@@ -493,6 +493,7 @@ class Report:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
         if detail and not ok:
             print(detail)
+        return ok
 
 
 def check_run(report, plan, outputs, counters):
@@ -727,10 +728,38 @@ def live_phase(report, stage, writer, plan):
     events, r = stage.events(until="service_applied:1", wait_ms=10000)
     ok &= check_events(report, "the Maglev service's backends changed", events, r, {("service_applied", "maglev"): 1})
     writer.write(pcap_records(phases[3]))
+
+    # DPDK telemetry answers /jitlb/stats with the counters while jitlb runs.
+    time.sleep(0.3)
+    tel = subprocess.run(["/usr/bin/dpdk-telemetry.py", "-f", f"golden{os.getpid()}"], input="/jitlb/stats\n",
+                         capture_output=True, text=True, timeout=30)
+    stats = None
+    for line in tel.stdout.splitlines():
+        if line.strip().startswith("{"):
+            stats = json.loads(line).get("/jitlb/stats")
+    ok &= report.line(stats is not None and stats.get("rx_packets", 0) >= 6 * BURST and "no_grant" in stats,
+                      f"[live] dpdk-telemetry.py /jitlb/stats while running: "
+                      f"rx_packets={stats.get('rx_packets') if stats else None}",
+                      f"    exit {tel.returncode}: {tel.stdout[-300:]} {tel.stderr[-300:]}")
+
+    # Denials are sampled into the event ring: the client whose grant ended knocked.
+    events, r = stage.events(wait_ms=1000)
+    check_events(report, "nothing but denial samples after the last change", events, r, {})
+    ended = [d for d in DENIAL_SAMPLES if d["source"] == dc.C4_LIVE]
+    ok &= report.line(bool(ended) and all(d["service_id"] > 0 and d["count"] >= 1 for d in DENIAL_SAMPLES) and
+                      {d["reason"] for d in ended} <= {"grant_expired", "no_grant"},
+                      f"[live] denial samples: {len(DENIAL_SAMPLES)}, {len(ended)} from {dc.C4_LIVE} after its grant "
+                      f"ended ({sorted({d['reason'] for d in ended})})",
+                      "    " + "\n    ".join(json.dumps(d) for d in DENIAL_SAMPLES[:5]))
     return ok
 
 
+DENIAL_SAMPLES = []  # denial_sample events seen in the live run (checked at its end)
+
+
 def check_events(report, what, events, result, want, reasons=None):
+    DENIAL_SAMPLES.extend(e for e in events if e["type"] == "denial_sample")
+    events = [e for e in events if e["type"] != "denial_sample"]
     got = Counter()
     for e in events:
         got[(e["type"], e.get("grant_id") or e.get("name"))] += 1

@@ -1151,3 +1151,39 @@ TEST_CASE("a flow whose VIP moved to another service is tracked by one entry, no
     CHECK(n.get(Counter::conn_new) == 2);
     CHECK(n.get(Counter::conn_hit) == 2);
 }
+
+TEST_CASE("denials are sampled at a bounded rate, each sample carrying the count of its reason since the last",
+          "[pipeline][grant]") {
+    TestNode n;
+    add_standard_services(n);
+    std::vector<Buf> bufs;
+    for (int i = 0; i < 20; ++i)
+        bufs.emplace_back(eth4(tcp4("198.51.100.99", "203.0.113.10", static_cast<uint16_t>(40000 + i), 80, 0)));
+    n.process(bufs);
+    CHECK(n.get(Counter::drop_no_grant) == 20);
+    // A burst of kDenialSampleBurst samples, one denial each; the rest only counted.
+    auto samples = n.pipeline->denial_samples();
+    REQUIRE(samples.size() == kDenialSampleBurst);
+    for (const DenialSample& d : samples) {
+        CHECK(d.reason == DenialReason::no_grant);
+        CHECK(d.count == 1);
+        CHECK(d.family == IpVersion::v4);
+        CHECK(d.protocol == 6);
+        CHECK(d.vip_port == 80);
+        CHECK(d.source[0] == 198);
+        CHECK(d.source[3] == 99);
+        CHECK(d.vip[0] == 203);
+    }
+    // A second later the bucket has refilled: the next sample carries the 12 denials
+    // that were counted without a sample, plus its own.
+    Buf one(eth4(tcp4("198.51.100.99", "203.0.113.10", 41000, 80, 0)));
+    n.process(one, kNow + 1000);
+    samples = n.pipeline->denial_samples();
+    REQUIRE(samples.size() == 1);
+    CHECK(samples[0].count == 13);
+    // A granted packet adds no sample.
+    grant_standard_client(n);
+    Buf ok(eth4(tcp4("198.51.100.7", "203.0.113.10", 41001, 80, 0)));
+    CHECK(n.process(ok, kNow + 2000) == Action::transmit);
+    CHECK(n.pipeline->denial_samples().empty());
+}
