@@ -36,6 +36,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::drop_too_big: return "too_big";
         case Counter::drop_encap_failed: return "encap_failed";
         case Counter::drop_no_headroom: return "no_headroom";
+        case Counter::drop_multi_segment: return "multi_segment";
         case Counter::drop_exception_denied: return "exception_denied";
         case Counter::drop_exception_full: return "exception_full";
         case Counter::drop_tx_full: return "tx_full";

@@ -47,6 +47,7 @@ enum class Counter : uint16_t {
     drop_too_big,         // encapsulated packet above the port MTU (too_big_sent if answered)
     drop_encap_failed,
     drop_no_headroom,
+    drop_multi_segment,     // a frame in more than one mbuf (larger than the mbuf data room)
     drop_exception_denied,  // not on the exception allowlist
     drop_exception_full,    // exception ring full
     drop_tx_full,           // tx ring did not take it

@@ -45,6 +45,7 @@
 #include "counters.h"
 #include "pipeline.h"
 #include "service_table.h"
+#include "worker.h"
 #include "shared_file.h"
 #include "shared_layout.h"
 
@@ -88,152 +89,6 @@ class TscClock final : public Clock {
   private:
     int64_t shift_ms_;
 };
-
-struct RxQueue {
-    uint16_t port;
-    uint16_t queue;
-};
-
-struct alignas(64) WorkerContext {
-    unsigned index = 0;
-    std::vector<RxQueue> queues;
-    std::unique_ptr<Pipeline> pipeline;
-    WorkerCounters* counters = nullptr;
-    rte_ring* exception_ring = nullptr;  // to the main lcore (SP/SC)
-    rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
-    rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
-    uint16_t from_kernel_port = 0;
-    const ServiceTable* services = nullptr;
-    Quiescence* quiescence = nullptr;
-    const StateHeader* state_header = nullptr;
-    rte_mempool* pool = nullptr;  // for the packets the pipeline makes (resets)
-    std::atomic<uint64_t> last_rx_tsc{0};
-};
-
-// Keeps `extra` full of empty mbufs (allocation from a mempool: no system call).
-void refill_extra(ExtraPackets& extra, rte_mempool* pool) {
-    while (extra.available < extra.bufs.size()) {
-        rte_mbuf* m = rte_pktmbuf_alloc(pool);
-        if (m == nullptr) return;
-        extra.handles[extra.available] = m;
-        extra.bufs[extra.available] = {rte_pktmbuf_mtod(m, uint8_t*), 0, rte_pktmbuf_headroom(m),
-                                       rte_pktmbuf_tailroom(m)};
-        ++extra.available;
-    }
-}
-
-void set_mbuf(rte_mbuf* m, const PacketBuf& b) {
-    m->data_off = static_cast<uint16_t>(b.data - static_cast<uint8_t*>(m->buf_addr));
-    m->data_len = static_cast<uint16_t>(b.len);
-    m->pkt_len = b.len;
-}
-
-int worker_main(void* arg) {
-    WorkerContext& w = *static_cast<WorkerContext*>(arg);
-    rte_mbuf* mbufs[kBurst];
-    rte_mbuf* tx[kBurst + ExtraPackets{}.bufs.size()];
-    rte_mbuf* drop[kBurst + ExtraPackets{}.bufs.size()];
-    PacketBuf bufs[kBurst];
-    Action actions[kBurst];
-    ExtraPackets extra;
-    refill_extra(extra, w.pool);
-    while (!g_stop.load(std::memory_order_relaxed)) {
-        const ServiceSnapshot* snap = w.services->current();
-        const uint64_t tsc = rte_rdtsc();
-        const uint64_t now = tsc + static_cast<uint64_t>(read_clock_offset(*w.state_header));
-        for (const RxQueue& q : w.queues) {
-            const uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
-            if (n == 0) continue;
-            w.last_rx_tsc.store(tsc, std::memory_order_relaxed);
-            uint16_t n_ok = 0;
-            for (uint16_t i = 0; i < n; ++i) {
-                rte_mbuf* m = mbufs[i];
-                if (m->nb_segs != 1) {  // jitlb's ports use one segment per packet
-                    w.counters->add(Counter::rx_packets);
-                    w.counters->add(Counter::drop_no_headroom);
-                    rte_pktmbuf_free(m);
-                    continue;
-                }
-                mbufs[n_ok] = m;
-                bufs[n_ok] = {rte_pktmbuf_mtod(m, uint8_t*), m->data_len, rte_pktmbuf_headroom(m),
-                              rte_pktmbuf_tailroom(m)};
-                ++n_ok;
-            }
-            w.pipeline->process_burst({bufs, n_ok}, *snap, now, {actions, n_ok}, &extra);
-            if (const auto samples = w.pipeline->denial_samples(); !samples.empty())
-                w.counters->add(Counter::denial_samples_lost,
-                                samples.size() - rte_ring_sp_enqueue_burst_elem(w.denial_ring, samples.data(),
-                                                                               sizeof(DenialSample),
-                                                                               static_cast<unsigned>(samples.size()),
-                                                                               nullptr));
-            uint16_t n_tx = 0, n_drop = 0;
-            for (uint16_t i = 0; i < n_ok; ++i) {
-                rte_mbuf* m = mbufs[i];
-                switch (actions[i]) {
-                    case Action::transmit:
-                        set_mbuf(m, bufs[i]);
-                        tx[n_tx++] = m;
-                        break;
-                    case Action::exception:
-                        if (w.exception_ring == nullptr || rte_ring_sp_enqueue(w.exception_ring, m) != 0) {
-                            w.counters->add(Counter::drop_exception_full);
-                            drop[n_drop++] = m;
-                        }
-                        break;
-                    case Action::drop:
-                        drop[n_drop++] = m;
-                        break;
-                }
-            }
-            if (extra.used > 0) {
-                for (size_t j = 0; j < extra.used; ++j) {
-                    auto* m = static_cast<rte_mbuf*>(extra.handles[j]);
-                    set_mbuf(m, extra.bufs[j]);
-                    tx[n_tx++] = m;
-                }
-                for (size_t j = extra.used; j < extra.available; ++j) {
-                    extra.handles[j - extra.used] = extra.handles[j];
-                    extra.bufs[j - extra.used] = extra.bufs[j];
-                }
-                extra.available -= extra.used;
-                extra.used = 0;
-                refill_extra(extra, w.pool);
-            }
-            if (n_tx > 0) {
-                uint64_t bytes = 0;
-                for (uint16_t i = 0; i < n_tx; ++i) bytes += tx[i]->pkt_len;
-                const uint16_t sent = rte_eth_tx_burst(q.port, static_cast<uint16_t>(w.index), tx, n_tx);
-                for (uint16_t i = sent; i < n_tx; ++i) {
-                    bytes -= tx[i]->pkt_len;
-                    drop[n_drop++] = tx[i];
-                }
-                w.counters->add(Counter::tx_packets, sent);
-                w.counters->add(Counter::tx_bytes, bytes);
-                w.counters->add(Counter::drop_tx_full, static_cast<uint64_t>(n_tx - sent));
-            }
-            if (n_drop > 0) rte_pktmbuf_free_bulk(drop, n_drop);
-        }
-        if (w.from_kernel_ring != nullptr) {
-            // What the kernel sent through the exception port, on this worker's tx queue.
-            const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(tx), kBurst, nullptr);
-            if (n > 0) {
-                uint64_t bytes = 0;
-                for (unsigned i = 0; i < n; ++i) bytes += tx[i]->pkt_len;  // before tx may free them
-                const uint16_t sent = rte_eth_tx_burst(w.from_kernel_port, static_cast<uint16_t>(w.index), tx,
-                                                       static_cast<uint16_t>(n));
-                for (unsigned i = sent; i < n; ++i) bytes -= tx[i]->pkt_len;
-                w.counters->add(Counter::tx_packets, sent);
-                w.counters->add(Counter::tx_bytes, bytes);
-                w.counters->add(Counter::drop_tx_full, n - sent);
-                if (sent < n) rte_pktmbuf_free_bulk(tx + sent, n - sent);
-            }
-        }
-        w.quiescence->announce(w.index, snap->generation());
-    }
-    w.quiescence->go_offline(w.index);
-    for (size_t j = 0; j < extra.available; ++j) rte_pktmbuf_free(static_cast<rte_mbuf*>(extra.handles[j]));
-    return 0;
-}
 
 struct PortState {
     PortConfig config;
@@ -544,6 +399,7 @@ int main(int argc, char** argv) {
         ctx->quiescence = &quiescence;
         ctx->state_header = state.header;
         ctx->pool = pool;
+        ctx->stop = &g_stop;
         static_assert(sizeof(DenialSample) % 4 == 0 && std::is_trivially_copyable_v<DenialSample>);
         ctx->denial_ring = rte_ring_create_elem(fmt::format("jitlb_deny{}", w).c_str(), sizeof(DenialSample), 256,
                                                 static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
@@ -609,6 +465,7 @@ int main(int argc, char** argv) {
     }
 
     rte_eal_mp_wait_lcore();
+    for (auto& w : workers) worker_release(*w);
     control->tick();  // last events out
     for (PortState& p : ports) {
         rte_eth_dev_stop(p.id);

@@ -1,0 +1,150 @@
+// The worker lcore (worker.h).
+#include "worker.h"
+
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_ring_elem.h>
+
+#include <type_traits>
+
+namespace jitlb::lb {
+
+namespace {
+
+constexpr size_t kExtra = ExtraPackets{}.bufs.size();
+
+// Keeps `extra` full of empty mbufs (allocation from a mempool: no system call).
+void refill_extra(ExtraPackets& extra, rte_mempool* pool) noexcept {
+    while (extra.available < extra.bufs.size()) {
+        rte_mbuf* m = rte_pktmbuf_alloc(pool);
+        if (m == nullptr) return;
+        extra.handles[extra.available] = m;
+        extra.bufs[extra.available] = {rte_pktmbuf_mtod(m, uint8_t*), 0, rte_pktmbuf_headroom(m),
+                                       rte_pktmbuf_tailroom(m)};
+        ++extra.available;
+    }
+}
+
+void set_mbuf(rte_mbuf* m, const PacketBuf& b) noexcept {
+    m->data_off = static_cast<uint16_t>(b.data - static_cast<uint8_t*>(m->buf_addr));
+    m->data_len = static_cast<uint16_t>(b.len);
+    m->pkt_len = b.len;
+}
+
+// Sends `n` mbufs on (port, queue); what the ring does not take is freed and counted.
+void send(WorkerCounters& c, uint16_t port, uint16_t queue, rte_mbuf** tx, uint16_t n) noexcept {
+    if (n == 0) return;
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; ++i) bytes += tx[i]->pkt_len;  // before tx may free them
+    const uint16_t sent = rte_eth_tx_burst(port, queue, tx, n);
+    for (uint16_t i = sent; i < n; ++i) bytes -= tx[i]->pkt_len;
+    c.add(Counter::tx_packets, sent);
+    c.add(Counter::tx_bytes, bytes);
+    if (sent < n) {
+        c.add(Counter::drop_tx_full, static_cast<uint64_t>(n - sent));
+        rte_pktmbuf_free_bulk(tx + sent, n - sent);
+    }
+}
+
+void process_rx(WorkerContext& w, const ServiceSnapshot& snap, const RxQueue& q, rte_mbuf** mbufs, uint16_t n) noexcept {
+    PacketBuf bufs[kBurst];
+    Action actions[kBurst];
+    rte_mbuf* tx[kBurst + kExtra];
+    rte_mbuf* drop[kBurst];
+    // The clock after rx: a burst is judged by the time it arrived.
+    const uint64_t tsc = rte_rdtsc();
+    const uint64_t now = tsc + static_cast<uint64_t>(read_clock_offset(*w.state_header));
+    w.last_rx_tsc.store(tsc, std::memory_order_relaxed);
+    uint16_t n_ok = 0, n_tx = 0, n_drop = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        rte_mbuf* m = mbufs[i];
+        if (m->nb_segs != 1) {  // frames larger than one mbuf: jitlb does not chain
+            w.counters->add(Counter::rx_packets);
+            w.counters->add(Counter::rx_bytes, m->pkt_len);
+            w.counters->add(Counter::drop_multi_segment);
+            drop[n_drop++] = m;
+            continue;
+        }
+        mbufs[n_ok] = m;
+        bufs[n_ok] = {rte_pktmbuf_mtod(m, uint8_t*), m->data_len, rte_pktmbuf_headroom(m), rte_pktmbuf_tailroom(m)};
+        ++n_ok;
+    }
+    w.pipeline->process_burst({bufs, n_ok}, snap, now, {actions, n_ok}, &w.extra);
+    if (const auto samples = w.pipeline->denial_samples(); !samples.empty())
+        w.counters->add(Counter::denial_samples_lost,
+                        samples.size() - rte_ring_sp_enqueue_burst_elem(w.denial_ring, samples.data(),
+                                                                       sizeof(DenialSample),
+                                                                       static_cast<unsigned>(samples.size()), nullptr));
+    for (uint16_t i = 0; i < n_ok; ++i) {
+        rte_mbuf* m = mbufs[i];
+        switch (actions[i]) {
+            case Action::transmit:
+                set_mbuf(m, bufs[i]);
+                tx[n_tx++] = m;
+                break;
+            case Action::exception:
+                if (w.exception_ring == nullptr || rte_ring_sp_enqueue(w.exception_ring, m) != 0) {
+                    w.counters->add(Counter::drop_exception_full);
+                    drop[n_drop++] = m;
+                }
+                break;
+            case Action::drop:
+                drop[n_drop++] = m;
+                break;
+        }
+    }
+    // Packets the pipeline made (resets towards backends) go after the burst's own.
+    ExtraPackets& extra = w.extra;
+    if (extra.used > 0) {
+        for (size_t j = 0; j < extra.used; ++j) {
+            auto* m = static_cast<rte_mbuf*>(extra.handles[j]);
+            set_mbuf(m, extra.bufs[j]);
+            tx[n_tx++] = m;
+        }
+        for (size_t j = extra.used; j < extra.available; ++j) {
+            extra.handles[j - extra.used] = extra.handles[j];
+            extra.bufs[j - extra.used] = extra.bufs[j];
+        }
+        extra.available -= extra.used;
+        extra.used = 0;
+        refill_extra(extra, w.pool);
+    }
+    send(*w.counters, q.port, static_cast<uint16_t>(w.index), tx, n_tx);
+    if (n_drop > 0) rte_pktmbuf_free_bulk(drop, n_drop);
+}
+
+}  // namespace
+
+unsigned worker_poll(WorkerContext& w) noexcept {
+    if (w.extra.available < w.extra.bufs.size()) refill_extra(w.extra, w.pool);
+    const ServiceSnapshot* snap = w.services->current();
+    rte_mbuf* mbufs[kBurst];
+    unsigned received = 0;
+    for (const RxQueue& q : w.queues) {
+        const uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
+        if (n == 0) continue;
+        received += n;
+        process_rx(w, *snap, q, mbufs, n);
+    }
+    if (w.from_kernel_ring != nullptr) {
+        // What the kernel sent through the exception port, on this worker's tx queue.
+        const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(mbufs), kBurst, nullptr);
+        send(*w.counters, w.from_kernel_port, static_cast<uint16_t>(w.index), mbufs, static_cast<uint16_t>(n));
+    }
+    w.quiescence->announce(w.index, snap->generation());
+    return received;
+}
+
+int worker_main(void* arg) {
+    WorkerContext& w = *static_cast<WorkerContext*>(arg);
+    while (!w.stop->load(std::memory_order_relaxed)) worker_poll(w);
+    w.quiescence->go_offline(w.index);
+    return 0;
+}
+
+void worker_release(WorkerContext& w) noexcept {
+    for (size_t j = 0; j < w.extra.available; ++j) rte_pktmbuf_free(static_cast<rte_mbuf*>(w.extra.handles[j]));
+    w.extra.available = 0;
+}
+
+}  // namespace jitlb::lb

@@ -1,0 +1,57 @@
+// A worker lcore: polls its rx queues and runs the pipeline (pipeline.h) on
+// each burst of mbufs, sends what the pipeline says, hands exception traffic
+// and sampled denials to the main lcore through rings, and announces the
+// service snapshot it is done with. The mbuf <-> PacketBuf adapter lives
+// here, so tests drive a worker over net_ring ports without the binary.
+// Nothing here locks, logs, allocates from the heap or makes a system call
+// (mbufs come from a mempool; a PMD may make its own calls).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+#include <rte_ring.h>
+
+#include "counters.h"
+#include "pipeline.h"
+#include "service_table.h"
+#include "shared_layout.h"
+
+namespace jitlb::lb {
+
+struct RxQueue {
+    uint16_t port;
+    uint16_t queue;
+};
+
+struct alignas(64) WorkerContext {
+    unsigned index = 0;        // also the tx queue this worker uses on every port
+    std::vector<RxQueue> queues;
+    std::unique_ptr<Pipeline> pipeline;
+    WorkerCounters* counters = nullptr;
+    rte_ring* exception_ring = nullptr;    // to the main lcore (SP/SC); nullptr: no exception port
+    rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
+    rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
+    uint16_t from_kernel_port = 0;
+    const ServiceTable* services = nullptr;
+    Quiescence* quiescence = nullptr;
+    const StateHeader* state_header = nullptr;  // the clock offset word
+    rte_mempool* pool = nullptr;  // for the packets the pipeline makes (resets)
+    const std::atomic<bool>* stop = nullptr;
+    std::atomic<uint64_t> last_rx_tsc{0};
+    ExtraPackets extra;  // spare mbufs lent to the pipeline
+};
+
+// One pass: every rx queue once, then the return ring; announces the service
+// snapshot used. Returns the packets received.
+unsigned worker_poll(WorkerContext& w) noexcept;
+// rte_eal_remote_launch entry: polls until *w.stop, then goes offline.
+int worker_main(void* arg);
+// Frees the spare mbufs (after the worker stopped).
+void worker_release(WorkerContext& w) noexcept;
+
+}  // namespace jitlb::lb
