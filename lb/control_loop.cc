@@ -713,6 +713,12 @@ uint32_t ControlLoop::service_id(std::string_view name) const noexcept {
     return it == service_ids_.end() ? 0 : it->second;
 }
 
+std::string ControlLoop::service_name(uint32_t id) const {
+    for (const auto& [name, sid] : service_ids_)
+        if (sid == id) return name;
+    return {};
+}
+
 // The id `name` has in the map, or the first free one that no deleted
 // service's live grants still use (service_map_assign would hand those out).
 uint32_t ControlLoop::assign_service_id(std::string_view name, bool& newly_assigned) {

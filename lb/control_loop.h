@@ -196,6 +196,8 @@ class ControlLoop {
     const std::string& last_error() const noexcept { return last_error_; }
     // The id the service map gives `name`, 0 if none.
     uint32_t service_id(std::string_view name) const noexcept;
+    // The name the map gives an id, or "" (slow: a scan; for reports).
+    std::string service_name(uint32_t id) const;
 
   private:
     // A GrantPush that passed the cheap checks, waiting for verification.

@@ -54,6 +54,14 @@ enum class Counter : uint16_t {
     count_
 };
 
+// Forwarded packets and bytes (as received from the client) of one service,
+// per worker, indexed by service id (the state file's map).
+struct ServiceCounters {
+    uint64_t packets = 0;
+    uint64_t bytes = 0;
+};
+static_assert(sizeof(ServiceCounters) == 16);
+
 std::string_view counter_name(Counter c) noexcept;
 bool is_drop(Counter c) noexcept;
 

@@ -254,13 +254,28 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
     return 0;
 }
 
-std::string counters_json(const WorkerCounters& total) {
+// One lcore's block in the state file's stats lines (docs/counters.md).
+size_t stats_block_bytes(uint32_t service_capacity) {
+    const size_t bytes = sizeof(WorkerCounters) + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
+    return (bytes + 63) / 64 * 64;
+}
+
+std::string counters_json(const WorkerCounters& total, const std::vector<ServiceCounters>& services,
+                          const ControlLoop& control) {
     std::string s = "{";
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
         s += fmt::format("{}\"{}\": {}", i ? ", " : "", counter_name(static_cast<Counter>(i)), total.by_counter[i]);
     for (size_t i = 1; i < static_cast<size_t>(DropReason::count_); ++i)
         s += fmt::format(", \"parse_{}\": {}", drop_reason_name(static_cast<DropReason>(i)), total.parse_drops[i]);
-    return s + "}";
+    s += ", \"services\": {";
+    bool first = true;
+    for (size_t id = 1; id < services.size(); ++id) {
+        if (services[id].packets == 0) continue;
+        s += fmt::format("{}\"{}\": {{\"id\": {}, \"packets\": {}, \"bytes\": {}}}", first ? "" : ", ",
+                         control.service_name(static_cast<uint32_t>(id)), id, services[id].packets, services[id].bytes);
+        first = false;
+    }
+    return s + "}}";
 }
 
 
@@ -348,6 +363,10 @@ int main(int argc, char** argv) {
     ServiceTable services;
     TscClock clock(clock_shift_ms);
     ControlConfig cc = control_config_from(config, read_mac_key(config.mac_key_file), rte_get_tsc_hz());
+    // Stats lines: one block per worker and one for the main lcore, each its
+    // WorkerCounters then ServiceCounters for ids 0..service_capacity.
+    const size_t block_bytes = stats_block_bytes(config.service_capacity);
+    cc.worker_stats_lines = static_cast<uint32_t>((size_t{n_workers} + 1) * block_bytes / 64);
     std::unique_ptr<ControlLoop> control;
     try {
         control = ControlLoop::open(cc, services, clock);
@@ -371,7 +390,7 @@ int main(int argc, char** argv) {
     // Workers: each owns its rx queue on every port and tx queue `index`.
     Quiescence quiescence(n_workers);
     StateRegion& state = control->state();
-    const size_t counter_blocks = state.worker_stats.size() / sizeof(WorkerCounters);
+    const size_t counter_blocks = state.worker_stats.size() / block_bytes;
     if (counter_blocks < size_t{n_workers} + 1) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
     std::vector<std::unique_ptr<WorkerContext>> workers;
     for (uint16_t w = 0; w < n_workers; ++w) {
@@ -381,7 +400,10 @@ int main(int argc, char** argv) {
             const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
             for (uint16_t q = w; q < rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
         }
-        ctx->counters = new (state.worker_stats.data() + w * sizeof(WorkerCounters)) WorkerCounters{};
+        uint8_t* block = state.worker_stats.data() + w * block_bytes;
+        ctx->counters = new (block) WorkerCounters{};
+        ctx->per_service = {new (block + sizeof(WorkerCounters)) ServiceCounters[config.service_capacity + 1]{},
+                            config.service_capacity + 1};
         NodeIdentity node;
         node.mac = ports[0].mac;
         node.next_hop_mac = ports[0].config.next_hop_mac;
@@ -394,7 +416,7 @@ int main(int argc, char** argv) {
         node.ticks_per_second = rte_get_tsc_hz();
         if (has_exception) node.exception_allow = exception_mask(config.exception_allow);
         ConnTableConfig conn{config.conn_table_capacity, config.conn_idle_timeout_ms, config.conn_closed_timeout_ms};
-        ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters);
+        ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters, ctx->per_service);
         ctx->services = &services;
         ctx->quiescence = &quiescence;
         ctx->state_header = state.header;
@@ -427,7 +449,7 @@ int main(int argc, char** argv) {
             die(fmt::format("exception port: start: {}", rte_strerror(-r)));
     // The main lcore's own counters (exception traffic), after the workers'.
     WorkerCounters* main_counters =
-        new (state.worker_stats.data() + n_workers * sizeof(WorkerCounters)) WorkerCounters{};
+        new (state.worker_stats.data() + n_workers * block_bytes) WorkerCounters{};
     for (auto& w : workers) g_counter_blocks.push_back(w->counters);
     g_counter_blocks.push_back(main_counters);
     if (rte_telemetry_register_cmd("/jitlb/stats", telemetry_stats,
@@ -478,7 +500,13 @@ int main(int argc, char** argv) {
     WorkerCounters total{};
     for (auto& w : workers) add_counters(total, *w->counters);
     add_counters(total, *main_counters);
-    const std::string json = counters_json(total);
+    std::vector<ServiceCounters> per_service(config.service_capacity + 1);
+    for (auto& w : workers)
+        for (size_t id = 0; id < per_service.size(); ++id) {
+            per_service[id].packets += w->per_service[id].packets;
+            per_service[id].bytes += w->per_service[id].bytes;
+        }
+    const std::string json = counters_json(total, per_service, *control);
     std::printf("jitlb: counters %s\n", json.c_str());
     if (!stats_json.empty()) {
         std::ofstream out(stats_json);

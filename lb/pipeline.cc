@@ -362,11 +362,12 @@ uint32_t write_rst(uint8_t* ip, IpVersion v, const uint8_t* src, const uint8_t* 
 // --- the pipeline -----------------------------------------------------------
 
 Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
-                   WorkerCounters& counters)
+                   WorkerCounters& counters, std::span<ServiceCounters> per_service)
     : node_(node),
       conns_(conn, node.ticks_per_second),
       grants_(grants),
       counters_(counters),
+      per_service_(per_service),
       reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
       too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second),
       denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second) {}
@@ -643,9 +644,14 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             }
         }
         ForwardJob job{pkts[i], p, svc, svc.backends[backend], hash};
+        const uint32_t received_len = pkts[i].len;
         switch (kForwarders[static_cast<size_t>(svc.mode)](ctx, job)) {
             case Outcome::forwarded:
                 counters_.add(Counter::forwarded);
+                if (svc.id < per_service_.size()) {
+                    ++per_service_[svc.id].packets;
+                    per_service_[svc.id].bytes += received_len;
+                }
                 actions[i] = Action::transmit;
                 break;
             case Outcome::answered: actions[i] = Action::transmit; break;

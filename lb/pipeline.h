@@ -143,8 +143,10 @@ inline constexpr size_t kMaxDenialSamplesPerBurst = 8;
 
 class Pipeline {
   public:
+    // `per_service`: this worker's ServiceCounters by service id (ids beyond
+    // its size are not counted per service).
     Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
-             WorkerCounters& counters);
+             WorkerCounters& counters, std::span<ServiceCounters> per_service = {});
 
     // Processes up to kBurst packets with one service snapshot and one clock
     // reading. actions[i] says what to do with pkts[i] (rewritten in place).
@@ -177,6 +179,7 @@ class Pipeline {
     ConnTable conns_;
     GrantTableReader grants_;
     WorkerCounters& counters_;
+    std::span<ServiceCounters> per_service_;
     void sample_denial(DenialReason reason, const ParsedPacket& p, uint16_t service_id, uint64_t now) noexcept;
 
     uint64_t reset_interval_;  // ticks

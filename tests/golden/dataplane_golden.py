@@ -533,8 +533,19 @@ def check_run(report, plan, outputs, counters):
     if stray:
         report.line(False, f"[{plan.name}] {len(stray)} output frame(s) no case accounts for",
                     "\n".join(f"      {STREAMS[s]}: {g.hex()}" for s, _, _, g in stray[:5]))
-    # Counters: every one jitlb reports must equal the table's sum.
+    # Counters: every one jitlb reports must equal the table's sum. Per service,
+    # the packets forwarded add up to `forwarded`, with their bytes as received.
+    counters = dict(counters)
+    services = counters.pop("services", None)
     diffs = []
+    if services is None:
+        diffs.append("    services: no per-service counters in jitlb's stats")
+    else:
+        per_service = sum(v["packets"] for v in services.values())
+        if per_service != counters.get("forwarded"):
+            diffs.append(f"    services: packets add up to {per_service}, forwarded is {counters.get('forwarded')}")
+        if any(v["bytes"] < 42 * v["packets"] for v in services.values()):
+            diffs.append(f"    services: fewer bytes than packets of 42 bytes: {services}")
     for k in sorted(set(counters) | set(plan.counters)):
         want, have = plan.counters.get(k, 0), counters.get(k)
         if have is None:

@@ -1187,3 +1187,27 @@ TEST_CASE("denials are sampled at a bounded rate, each sample carrying the count
     CHECK(n.process(ok, kNow + 2000) == Action::transmit);
     CHECK(n.pipeline->denial_samples().empty());
 }
+
+TEST_CASE("forwarded packets are counted per service, with the bytes as the client sent them", "[pipeline]") {
+    TestNode n;
+    std::vector<ServiceCounters> per_service(64);
+    n.pipeline = std::make_unique<Pipeline>(node_identity(), ConnTableConfig{}, n.grants->reader(), n.counters,
+                                            std::span<ServiceCounters>(per_service));
+    add_standard_services(n);
+    grant_standard_client(n);
+    std::vector<Buf> bufs;
+    size_t bytes = 0;
+    for (int i = 0; i < 5; ++i) {
+        bufs.emplace_back(eth4(tcp4("198.51.100.7", "203.0.113.10", static_cast<uint16_t>(40000 + i), 80, 10 * i)));
+        bytes += bufs.back().pkt.len;
+    }
+    bufs.emplace_back(eth4(tcp4("198.51.100.99", "203.0.113.10", 40100, 80, 0)));  // no grant: not counted
+    n.process(bufs);
+    CHECK(n.get(Counter::forwarded) == 5);
+    CHECK(per_service[kWeb4].packets == 5);
+    CHECK(per_service[kWeb4].bytes == bytes);
+    uint64_t others = 0;
+    for (size_t id = 0; id < per_service.size(); ++id)
+        if (id != kWeb4) others += per_service[id].packets;
+    CHECK(others == 0);
+}
