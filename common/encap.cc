@@ -1,6 +1,9 @@
 // Encapsulation headers: see encap.h.
 #include "encap.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include <cstring>
 
 #include "packet.h"
@@ -51,20 +54,23 @@ bool inner_facts(std::span<const uint8_t> inner, InnerFacts& out) noexcept {
 
 IpAddress outer_source(const SourcePrefix& prefix, uint64_t flow_hash) noexcept {
     IpAddress a = prefix.base;
-    const unsigned bits = a.version == IpVersion::v6 ? 128 : 32;
-    const unsigned len = prefix.prefix_len > bits ? bits : prefix.prefix_len;
-    // Host bits, from the last byte backwards, filled with hash bits (64 at most,
-    // which covers a /64; shorter IPv6 prefixes keep the base's upper host bits).
-    uint64_t entropy = flow_hash;
-    for (unsigned bit = bits; bit > len && bits - bit < 64; --bit) {
-        const unsigned i = bit - 1;
-        const uint8_t mask = static_cast<uint8_t>(0x80u >> (i % 8));
-        if (entropy & 1) {
-            a.bytes[i / 8] |= mask;
-        } else {
-            a.bytes[i / 8] &= static_cast<uint8_t>(~mask);
-        }
-        entropy >>= 1;
+    // The host bits, read as a big-endian number, become the low bits of the
+    // hash (64 at most, which covers a /64; shorter IPv6 prefixes keep the
+    // base's upper host bits).
+    if (a.version == IpVersion::v6) {
+        const unsigned host = 128 - std::min<unsigned>(prefix.prefix_len, 128);
+        const uint64_t mask = host >= 64 ? ~uint64_t{0} : (uint64_t{1} << host) - 1;
+        uint64_t low;
+        std::memcpy(&low, a.bytes.data() + 8, 8);
+        low = __builtin_bswap64((__builtin_bswap64(low) & ~mask) | (flow_hash & mask));
+        std::memcpy(a.bytes.data() + 8, &low, 8);
+    } else {
+        const unsigned host = 32 - std::min<unsigned>(prefix.prefix_len, 32);
+        const uint32_t mask = host >= 32 ? ~uint32_t{0} : (uint32_t{1} << host) - 1;
+        uint32_t word;
+        std::memcpy(&word, a.bytes.data(), 4);
+        word = __builtin_bswap32((__builtin_bswap32(word) & ~mask) | (static_cast<uint32_t>(flow_hash) & mask));
+        std::memcpy(a.bytes.data(), &word, 4);
     }
     return a;
 }

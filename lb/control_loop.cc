@@ -645,6 +645,12 @@ void ControlLoop::expire_grants(int64_t now_ms, bool capped, TickReport& report)
         ++report.grants_expired;
         post(GrantExpired{due.grant_id, static_cast<uint64_t>(due.not_after_ms)}, report);
     }
+    // The sweep frees table entries and prunes the revoked set; workers stop
+    // expired grants by themselves, so it need not run every tick: when a grant
+    // just expired, in drain_all, and every 10 ms otherwise (a full tick's
+    // budget every tick would keep the main lcore busy on a shared core).
+    if (capped && events == 0 && now_ms - last_sweep_ms_ < 10 && now_ms >= last_sweep_ms_) return;
+    last_sweep_ms_ = now_ms;
     const ExpireResult r = writer_->expire(now_ms, config_.expire_budget);
     stats_.grants_swept += r.grants_removed;
     stats_.revoked_ids_pruned += r.ids_pruned;

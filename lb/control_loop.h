@@ -286,6 +286,7 @@ class ControlLoop {
     // The service map's names, mirrored: every grant push looks one up, and a
     // walk of the shared map costs a seqlock read per entry.
     std::map<std::string, uint32_t, std::less<>> service_ids_;
+    int64_t last_sweep_ms_ = 0;  // GrantTableWriter::expire's last call
 
     bool clock_published_ = false;
     int64_t published_offset_ = 0;
