@@ -98,6 +98,7 @@ GrantTableConfig grant_table_config(const ControlConfig& c) {
     t.ticks_per_second = c.ticks_per_second;
     t.skew_ms = c.skew_ms;
     t.hash_seed = 0;  // random: a restart reopens the table with its stored seed
+    t.slots_per_grant = c.grant_slots_per_grant;
     return t;
 }
 

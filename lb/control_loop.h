@@ -53,6 +53,7 @@ struct ControlConfig {
     std::string issuer_keys_file;  // trusted public keys (common/issuer_keys.h format)
     GrantTableMacKey mac_key{};    // the entries' MAC key (main.cc reads it from a file)
     uint64_t grant_capacity = kGrantTableDefaultCapacity;
+    uint32_t grant_slots_per_grant = kGrantTableDefaultSlotsPerGrant;  // 2, 4 or 8
     int64_t skew_ms = 2'000;                     // tolerated issuer clock lead, on not-before
     int64_t max_duration_ms = 24 * 3'600'000LL;  // longest not-after - not-before
     int64_t horizon_ms = 24 * 3'600'000LL;       // furthest accepted not-before
@@ -104,7 +105,7 @@ struct TickReport {
 inline constexpr size_t kGrantRejectReasons = 13;    // GrantRejectReason values 1..12
 inline constexpr size_t kCommandRejectReasons = 12;  // CommandRejectReason values 1..11
 
-// Totals since open (main-lcore private; main.cc copies them to telemetry).
+// Totals since open (main-lcore private; not exported yet: docs/counters.md).
 struct ControlStats {
     uint64_t ticks = 0;
     uint64_t commands = 0;

@@ -1,7 +1,7 @@
 // The data plane's counters (docs/counters.md): one cache-line-aligned block
-// per worker, one writer each, plain increments on the worker's own memory.
-// The main lcore sums the blocks (relaxed reads of aligned u64s are never
-// torn) into the state file's stats lines, telemetry and the exit report.
+// per lcore, placed in the state file's stats lines, one writer each, plain
+// increments on the lcore's own block. Readers (telemetry, the exit report,
+// jitctl) sum the blocks with relaxed loads: an aligned u64 is never torn.
 #pragma once
 
 #include <array>

@@ -57,6 +57,7 @@ namespace {
 constexpr uint32_t kMbufsPerPort = 8191;
 constexpr uint32_t kMbufCache = 256;
 constexpr uint32_t kExceptionRingSize = 1024;
+constexpr uint16_t kMaxWorkers = 64;
 
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_reload{false};
@@ -221,6 +222,7 @@ ControlConfig control_config_from(const NodeConfig& config, const GrantTableMacK
     cc.issuer_keys_file = config.issuer_keys_file;
     cc.mac_key = mac_key;
     cc.grant_capacity = config.grant_capacity;
+    cc.grant_slots_per_grant = config.grant_slots_per_grant;
     cc.skew_ms = config.skew_ms;
     cc.max_duration_ms = config.max_grant_duration_ms;
     cc.horizon_ms = config.not_before_horizon_ms;
@@ -241,10 +243,12 @@ void add_counters(WorkerCounters& total, const WorkerCounters& w) {
 // from the telemetry thread with relaxed loads; each counter is one aligned
 // word written by one lcore, so it is never torn.
 std::vector<const WorkerCounters*> g_counter_blocks;
+std::atomic<bool> g_counters_mapped{false};  // false before set-up and once the state file is unmapped
 
 int telemetry_stats(const char*, const char*, rte_tel_data* d) {
     WorkerCounters total{};
-    for (const WorkerCounters* c : g_counter_blocks) add_counters(total, *c);
+    if (g_counters_mapped.load(std::memory_order_acquire))
+        for (const WorkerCounters* c : g_counter_blocks) add_counters(total, *c);
     rte_tel_data_start_dict(d);
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
         rte_tel_data_add_dict_u64(d, std::string(counter_name(static_cast<Counter>(i))).c_str(), total.by_counter[i]);
@@ -359,6 +363,11 @@ int main(int argc, char** argv) {
             die(fmt::format("exception port: cannot set its MAC: {}", rte_strerror(-r)));
     }
 
+    if (!ports[0].config.next_hop_set)
+        std::fprintf(stderr, "jitlb: warning: port %s has no next_hop_mac: encapsulated packets (ipip, gue) "
+                             "would go to 00:00:00:00:00:00; set [[port]] next_hop_mac to the router's MAC\n",
+                     ports[0].config.name.c_str());
+
     // The state file, grant table, services and the control loop.
     ServiceTable services;
     TscClock clock(clock_shift_ms);
@@ -366,7 +375,10 @@ int main(int argc, char** argv) {
     // Stats lines: one block per worker and one for the main lcore, each its
     // WorkerCounters then ServiceCounters for ids 0..service_capacity.
     const size_t block_bytes = stats_block_bytes(config.service_capacity);
-    cc.worker_stats_lines = static_cast<uint32_t>((size_t{n_workers} + 1) * block_bytes / 64);
+    // Room for kMaxWorkers whatever -l says today: the state file's layout (and
+    // so its grants) must survive a restart with another number of workers.
+    if (n_workers > kMaxWorkers) die(fmt::format("{} workers: at most {} are supported", n_workers, kMaxWorkers));
+    cc.worker_stats_lines = static_cast<uint32_t>((size_t{kMaxWorkers} + 1) * block_bytes / 64);
     std::unique_ptr<ControlLoop> control;
     try {
         control = ControlLoop::open(cc, services, clock);
@@ -452,6 +464,7 @@ int main(int argc, char** argv) {
         new (state.worker_stats.data() + n_workers * block_bytes) WorkerCounters{};
     for (auto& w : workers) g_counter_blocks.push_back(w->counters);
     g_counter_blocks.push_back(main_counters);
+    g_counters_mapped.store(true, std::memory_order_release);
     if (rte_telemetry_register_cmd("/jitlb/stats", telemetry_stats,
                                    "jitlb's counters, summed over lcores. No parameters") != 0)
         std::fprintf(stderr, "jitlb: telemetry command /jitlb/stats not registered\n");
@@ -468,9 +481,14 @@ int main(int argc, char** argv) {
 
     // The main lcore: tick, reclaim, sleep.
     const auto tick = std::chrono::microseconds(config.tick_us);
+    std::string last_error;
     while (!g_stop.load(std::memory_order_relaxed)) {
         if (g_reload.exchange(false)) control->reload_keys();
         control->tick();
+        if (control->last_error() != last_error) {
+            last_error = control->last_error();
+            if (!last_error.empty()) std::fprintf(stderr, "jitlb: %s\n", last_error.c_str());
+        }
         services.reclaim(quiescence);
         if (has_exception) relay_exception(workers, exception_id, *main_counters);
         for (auto& w : workers) {
@@ -513,6 +531,8 @@ int main(int argc, char** argv) {
         out << json << "\n";
         if (!out) die(fmt::format("cannot write {}", stats_json));
     }
+    g_counters_mapped.store(false, std::memory_order_release);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // a telemetry read in flight ends
     control.reset();
     rte_eal_cleanup();
     return 0;

@@ -182,13 +182,20 @@ Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob
     const uint32_t hdr = static_cast<uint32_t>(encap_header_len(params.kind, job.backend.address.version));
     if (hdr - kEthLen + inner_len > ctx.node.mtu) {
         ctx.counters.add(Counter::drop_too_big);
-        if (job.parsed.icmp_error || !ctx.too_big_limiter.take(ctx.now)) return Outcome::dropped;
+        // IPv4 without DF is not the client's to fix: dropped, counted, no reply.
+        const bool may_answer = job.parsed.flow.version == IpVersion::v6 || (job.pkt.data[l3 + 6] & 0x40) != 0;
+        if (job.parsed.icmp_error || !may_answer || !ctx.too_big_limiter.take(ctx.now)) return Outcome::dropped;
         if (!write_too_big(job.pkt, job.parsed, ctx.node.mac, ctx.node.mtu - (hdr - kEthLen))) return Outcome::dropped;
         ctx.counters.add(Counter::too_big_sent);
         return Outcome::answered;
     }
     if (job.pkt.headroom + l3 < hdr) {
         ctx.counters.add(Counter::drop_no_headroom);
+        return Outcome::dropped;
+    }
+    if (job.backend.address.version == IpVersion::v6 && params.source_v6.base.version != IpVersion::v6) {
+        // No [encap] outer_source_v6: an IPv6 backend cannot be reached.
+        ctx.counters.add(Counter::drop_encap_failed);
         return Outcome::dropped;
     }
     uint8_t* start = job.pkt.data + l3 - hdr;
