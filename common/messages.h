@@ -52,8 +52,9 @@ inline constexpr size_t kMaxBackendIdLen = 63;
 inline constexpr size_t kMaxTextLen = 127;
 inline constexpr uint32_t kMinMaglevTableSize = 3;
 inline constexpr uint32_t kMaxMaglevTableSize = 1u << 24;
-inline constexpr uint32_t kServiceFlagDisabled = 1u << 0;  // defined, not forwarding
-inline constexpr uint32_t kServiceFlagsKnown = kServiceFlagDisabled;
+inline constexpr uint32_t kServiceFlagDisabled = 1u << 0;    // defined, not forwarding
+inline constexpr uint32_t kServiceFlagAnswerEcho = 1u << 1;  // ICMP echo to its VIP addresses is answered
+inline constexpr uint32_t kServiceFlagsKnown = kServiceFlagDisabled | kServiceFlagAnswerEcho;
 
 enum class ForwardingMode : uint8_t { ipip = 1, gue = 2, l2dsr = 3 };
 enum class L4Protocol : uint8_t { tcp = 6, udp = 17 };

@@ -32,6 +32,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::drop_service_down: return "service_down";
         case Counter::drop_not_for_us: return "not_for_us";
         case Counter::drop_icmp_not_allowed: return "icmp_not_allowed";
+        case Counter::drop_icmp_rate_limited: return "icmp_rate_limited";
         case Counter::drop_icmp_mtu_too_small: return "icmp_mtu_too_small";
         case Counter::drop_too_big: return "too_big";
         case Counter::drop_encap_failed: return "encap_failed";

@@ -43,6 +43,7 @@ enum class Counter : uint16_t {
     drop_service_down,    // service disabled or without backends
     drop_not_for_us,      // ARP / ND / ICMP for an address that is not ours
     drop_icmp_not_allowed,
+    drop_icmp_rate_limited,  // echo to a VIP that answers echo, above the per-worker rate
     drop_icmp_mtu_too_small,  // packet-too-big below 576 (v4) / 1280 (v6)
     drop_too_big,         // encapsulated packet above the port MTU (too_big_sent if answered)
     drop_encap_failed,

@@ -364,6 +364,42 @@ uint32_t write_rst(uint8_t* ip, IpVersion v, const uint8_t* src, const uint8_t* 
     store_be16(tcp + 16, static_cast<uint16_t>(~ones_complement_sum({tcp, 20}, pseudo)));
     return ip_len + 20;
 }
+
+// Answers an ICMP / ICMPv6 echo request in place: addresses and MACs swapped,
+// type echo reply, TTL / hop limit 64, checksums computed. The payload is
+// returned as it came (RFC 792 / RFC 4443 4.2). False if it is not a request.
+bool echo_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac) noexcept {
+    const bool v6 = p.flow.version == IpVersion::v6;
+    if (p.icmp_type != (v6 ? 128 : 8) || p.icmp_code != 0 || !p.l4_present) return false;
+    uint8_t* ip = pkt.data + p.l3_offset;
+    uint8_t* icmp = pkt.data + p.l4_offset;
+    const uint32_t icmp_len = p.l3_length - (p.l4_offset - p.l3_offset);
+    uint8_t tmp[16];
+    if (v6) {
+        std::memcpy(tmp, ip + 8, 16);
+        std::memcpy(ip + 8, ip + 24, 16);
+        std::memcpy(ip + 24, tmp, 16);
+        ip[7] = 64;
+        icmp[0] = 129;
+        store_be16(icmp + 2, 0);
+        store_be16(icmp + 2, icmpv6_checksum(ip, icmp, icmp_len));
+    } else {
+        std::memcpy(tmp, ip + 12, 4);
+        std::memcpy(ip + 12, ip + 16, 4);
+        std::memcpy(ip + 16, tmp, 4);
+        ip[8] = 64;
+        store_be16(ip + 10, 0);
+        store_be16(ip + 10, static_cast<uint16_t>(~ones_complement_sum({ip, static_cast<size_t>((ip[0] & 0x0f) * 4)})));
+        icmp[0] = 0;
+        store_be16(icmp + 2, 0);
+        store_be16(icmp + 2, static_cast<uint16_t>(~ones_complement_sum({icmp, icmp_len})));
+    }
+    std::memcpy(pkt.data, pkt.data + 6, 6);
+    std::memcpy(pkt.data + 6, mac.data(), 6);
+    pkt.tailroom += pkt.len - (p.l3_offset + p.l3_length);  // Ethernet padding goes
+    pkt.len = p.l3_offset + p.l3_length;
+    return true;
+}
 }  // namespace
 
 // --- the pipeline -----------------------------------------------------------
@@ -377,7 +413,8 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
       per_service_(per_service),
       reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
       too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second),
-      denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second) {}
+      denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second),
+      echo_limiter_(kEchoPerSecond, kEchoBurst, node.ticks_per_second) {}
 
 // Every denial counts towards its reason; a few per second are sampled with
 // the count since the last sample, so the audit log shows who knocked.
@@ -562,7 +599,16 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                 else if (f.proto == 6 && (f.dst_port == 179 || f.src_port == 179)) kind = kExceptionBgp;
                 actions[i] = to_exception(kind);
             } else if ((f.proto == kProtoIcmp || f.proto == kProtoIcmpv6) && !p.icmp_error) {
-                counters_.add(Counter::drop_icmp_not_allowed);
+                if (!services.answers_echo(f.version, f.dst.data())) {
+                    counters_.add(Counter::drop_icmp_not_allowed);
+                } else if (!echo_limiter_.take(now)) {
+                    counters_.add(Counter::drop_icmp_rate_limited);
+                } else if (echo_reply(pkt, p, node_.mac)) {
+                    counters_.add(Counter::echo_replies);
+                    actions[i] = Action::transmit;
+                } else {
+                    counters_.add(Counter::drop_icmp_not_allowed);  // not an echo request
+                }
             } else {
                 counters_.add(Counter::drop_unknown_vip);
             }

@@ -122,8 +122,9 @@ class TokenBucket {
         : interval_(std::max<uint64_t>(1, ticks_per_second / std::max<uint32_t>(rate, 1))),
           burst_ticks_(interval_ * burst) {}
     bool take(uint64_t now) noexcept {
-        // `next_` is when the bucket would be full minus burst; one token per interval.
-        if (next_ + burst_ticks_ < now) next_ = now - burst_ticks_;
+        // `next_` is when the next token is due; tokens in hand are
+        // (now - next_) / interval + 1, at most `burst`.
+        if (next_ + burst_ticks_ < now + interval_) next_ = now + interval_ - burst_ticks_;
         if (next_ > now) return false;
         next_ += interval_;
         return true;
@@ -137,6 +138,8 @@ class TokenBucket {
 
 inline constexpr uint32_t kTooBigPerSecond = 1000;  // per worker
 inline constexpr uint32_t kTooBigBurst = 50;
+inline constexpr uint32_t kEchoPerSecond = 1000;  // echo replies per worker
+inline constexpr uint32_t kEchoBurst = 100;
 inline constexpr uint32_t kDenialSamplesPerSecond = 100;  // per worker
 inline constexpr uint32_t kDenialSampleBurst = 8;
 inline constexpr size_t kMaxDenialSamplesPerBurst = 8;
@@ -185,6 +188,7 @@ class Pipeline {
     uint64_t reset_interval_;  // ticks
     TokenBucket too_big_limiter_;
     TokenBucket denial_limiter_;
+    TokenBucket echo_limiter_;
     std::array<uint64_t, 8> denials_since_sample_{};  // by DenialReason
     std::array<DenialSample, kMaxDenialSamplesPerBurst> samples_{};
     size_t n_samples_ = 0;

@@ -105,6 +105,18 @@ bool ServiceSnapshot::is_vip_address(const IpAddress& address) const noexcept {
                               });
 }
 
+bool ServiceSnapshot::answers_echo(IpVersion family, const uint8_t* address) const noexcept {
+    if (echo_addresses_.empty()) return false;
+    IpAddress a;
+    a.version = family;
+    std::memcpy(a.bytes.data(), address, family == IpVersion::v4 ? 4 : 16);
+    return std::binary_search(echo_addresses_.begin(), echo_addresses_.end(), a,
+                              [](const IpAddress& x, const IpAddress& y) {
+                                  if (x.version != y.version) return x.version < y.version;
+                                  return x.bytes < y.bytes;
+                              });
+}
+
 Quiescence::Quiescence(size_t workers) : slots_(workers) {}
 
 void Quiescence::announce(size_t w, uint64_t generation) noexcept {
@@ -270,6 +282,8 @@ void ServiceTable::publish(std::vector<std::shared_ptr<const Service>> by_id) {
             while (snap->vip_slots_[i].service != nullptr) i = (i + 1) & snap->vip_mask_;
             snap->vip_slots_[i] = {k, s.get()};
             snap->vip_addresses_.push_back(vip.address);
+            if ((s->flags & kServiceFlagAnswerEcho) != 0 && (s->flags & kServiceFlagDisabled) == 0)
+                snap->echo_addresses_.push_back(vip.address);
         }
     }
     auto less = [](const IpAddress& a, const IpAddress& b) {
@@ -279,6 +293,9 @@ void ServiceTable::publish(std::vector<std::shared_ptr<const Service>> by_id) {
     std::sort(snap->vip_addresses_.begin(), snap->vip_addresses_.end(), less);
     snap->vip_addresses_.erase(std::unique(snap->vip_addresses_.begin(), snap->vip_addresses_.end()),
                                snap->vip_addresses_.end());
+    std::sort(snap->echo_addresses_.begin(), snap->echo_addresses_.end(), less);
+    snap->echo_addresses_.erase(std::unique(snap->echo_addresses_.begin(), snap->echo_addresses_.end()),
+                                snap->echo_addresses_.end());
     snap->by_id_ = std::move(by_id);
     current_.store(snap.get(), std::memory_order_release);
     if (owned_current_) retired_.push_back(std::move(owned_current_));

@@ -70,6 +70,9 @@ class ServiceSnapshot {
     const Service* find(const VipKey& key) const noexcept;
     // Whether `address` is any service's VIP (for ARP / ND replies).
     bool is_vip_address(const IpAddress& address) const noexcept;
+    // Whether an ICMP echo to `address` (family, 4 or 16 bytes) is answered: a VIP
+    // of a service with kServiceFlagAnswerEcho that is not disabled.
+    bool answers_echo(IpVersion family, const uint8_t* address) const noexcept;
     const Service* by_id(uint16_t id) const noexcept {
         return id < by_id_.size() ? by_id_[id].get() : nullptr;
     }
@@ -86,6 +89,7 @@ class ServiceSnapshot {
     std::vector<VipSlot> vip_slots_;  // power of two, load <= 1/2
     uint64_t vip_mask_ = 0;
     std::vector<IpAddress> vip_addresses_;  // distinct, sorted
+    std::vector<IpAddress> echo_addresses_;  // distinct, sorted
     std::vector<std::shared_ptr<const Service>> by_id_;  // index = id
 };
 

@@ -865,6 +865,7 @@ ServiceSet read_service_set(FieldReader& r) {
         r.integer("table_size", false, kMinMaglevTableSize, kMaxMaglevTableSize)
             .value_or(set.maglev_table_size));
     if (r.boolean("disabled").value_or(false)) set.flags |= kServiceFlagDisabled;
+    if (r.boolean("answer_echo").value_or(false)) set.flags |= kServiceFlagAnswerEcho;
     if (const json* vips = r.list("vips", 1, kMaxVips)) {
         for_each_object(
             r, *vips, "vips", "{\"address\", \"port\", \"protocol\"}", [&](FieldReader& v) {

@@ -393,7 +393,7 @@ TEST_CASE("values outside their sets are refused by encoder and decoder") {
          MessageError::bad_value},
         {"table size 2", [](ServiceSet& s) { s.maglev_table_size = 2; }, table_at, 2, 4,
          MessageError::bad_value},
-        {"unknown flag", [](ServiceSet& s) { s.flags = 2; }, flags_at, 2, 4,
+        {"unknown flag", [](ServiceSet& s) { s.flags = 4; }, flags_at, 4, 4,
          MessageError::bad_flags},
         {"family 5", [](ServiceSet& s) { s.vips[0].address.version = static_cast<IpVersion>(5); },
          family_at, 5, 1, MessageError::bad_family},

@@ -1211,3 +1211,77 @@ TEST_CASE("forwarded packets are counted per service, with the bytes as the clie
         if (id != kWeb4) others += per_service[id].packets;
     CHECK(others == 0);
 }
+
+namespace {
+
+// RFC 1071 over `b`, done here apart from the code under test.
+uint16_t fold_sum(const Bytes& b, size_t from, size_t to, uint32_t sum = 0) {
+    for (size_t i = from; i + 1 < to; i += 2) sum += static_cast<uint32_t>(b[i] << 8 | b[i + 1]);
+    if ((to - from) % 2) sum += static_cast<uint32_t>(b[to - 1] << 8);
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return static_cast<uint16_t>(sum);
+}
+
+}  // namespace
+
+TEST_CASE("an echo request to a VIP is answered only when its service answers echo, and then byte for byte",
+          "[pipeline][icmp]") {
+    TestNode n;
+    add_standard_services(n);
+    ServiceSet pingable = service_set("ping", {vip("203.0.113.60", 80), vip("2001:db8::60", 80)});
+    pingable.flags = kServiceFlagAnswerEcho;
+    n.apply(7, pingable);
+    n.apply({"ping", {backend("p", "172.16.0.7")}});
+    const Bytes payload = {'j', 'i', 't', 'l', 'b', '!', 0, 1, 2, 3};
+
+    SECTION("IPv4") {
+        Buf b(eth4(ipv4(Ipv4Opts{.src = wire("198.51.100.9"), .dst = wire("203.0.113.60"), .proto = 1},
+                        icmp(8, 0, 0x12340001, payload))));
+        const Bytes in = b.bytes();
+        REQUIRE(n.process(b) == Action::transmit);
+        CHECK(n.get(Counter::echo_replies) == 1);
+        const Bytes out = b.bytes();
+        REQUIRE(out.size() == in.size());
+        CHECK(Bytes(out.begin(), out.begin() + 6) == Bytes(in.begin() + 6, in.begin() + 12));  // to the asker
+        CHECK(Bytes(out.begin() + 6, out.begin() + 12) == mac_bytes(node_identity().mac));
+        CHECK(Bytes(out.begin() + 26, out.begin() + 30) == wire("203.0.113.60"));  // from the VIP
+        CHECK(Bytes(out.begin() + 30, out.begin() + 34) == wire("198.51.100.9"));
+        CHECK(out[22] == 64);
+        CHECK(fold_sum(out, 14, 34) == 0xffff);  // IPv4 header checksum
+        CHECK(out[34] == 0);                     // echo reply
+        CHECK(fold_sum(out, 34, out.size()) == 0xffff);
+        CHECK(Bytes(out.begin() + 38, out.end()) == Bytes(in.begin() + 38, in.end()));  // id, seq, payload
+    }
+    SECTION("IPv6") {
+        Buf b(eth6(ipv6(Ipv6Opts{.src = wire("2001:db8::9"), .dst = wire("2001:db8::60"), .proto = 58},
+                        icmp(128, 0, 0x12340001, payload))));
+        const Bytes in = b.bytes();
+        REQUIRE(n.process(b) == Action::transmit);
+        const Bytes out = b.bytes();
+        CHECK(Bytes(out.begin() + 22, out.begin() + 38) == wire("2001:db8::60"));
+        CHECK(Bytes(out.begin() + 38, out.begin() + 54) == wire("2001:db8::9"));
+        CHECK(out[54] == 129);
+        // ICMPv6 checksum over the pseudo-header and the message.
+        uint32_t pseudo = fold_sum(out, 22, 54);
+        pseudo += static_cast<uint32_t>(out.size() - 54) + 58;
+        CHECK(fold_sum(out, 54, out.size(), pseudo) == 0xffff);
+        CHECK(Bytes(out.begin() + 58, out.end()) == Bytes(in.begin() + 58, in.end()));
+    }
+    SECTION("a VIP whose service does not answer echo") {
+        Buf b(eth4(ipv4(Ipv4Opts{.src = wire("198.51.100.9"), .dst = wire("203.0.113.10"), .proto = 1},
+                        icmp(8, 0, 0x12340001, payload))));
+        CHECK(n.process(b) == Action::drop);
+        CHECK(n.get(Counter::drop_icmp_not_allowed) == 1);
+        CHECK(n.get(Counter::echo_replies) == 0);
+    }
+    SECTION("above the rate, echo is dropped and counted") {
+        uint64_t replied = 0;
+        for (int i = 0; i < 300; ++i) {
+            Buf b(eth4(ipv4(Ipv4Opts{.src = wire("198.51.100.9"), .dst = wire("203.0.113.60"), .proto = 1},
+                            icmp(8, 0, 0x12340001u + static_cast<uint32_t>(i), payload))));
+            replied += n.process(b) == Action::transmit;
+        }
+        CHECK(replied == kEchoBurst);
+        CHECK(n.get(Counter::drop_icmp_rate_limited) == 300 - kEchoBurst);
+    }
+}
