@@ -313,8 +313,8 @@ std::string maglev_error_message(MaglevError error, std::span<const MaglevBacken
         case MaglevError::zero_weight: {
             const MaglevBackend* backend = find_zero_weight(backends);
             return fmt::format(
-                "backend \"{}\" has weight 0 (weights start at 1; to drain a backend, "
-                "remove it from the set)",
+                "backend \"{}\" has weight 0 (weights start at 1; leave a draining backend "
+                "out of the set the table is built from)",
                 backend != nullptr ? backend->id : std::string_view{"?"});
         }
         case MaglevError::duplicate_id: {

@@ -498,7 +498,7 @@ void get(Reader& r, BackendSet& m) {
     for (Backend& b : m.backends) {
         r.string(b.id, kBackendIdRule, "backend_set.backend.id");
         r.address(b.address, "backend_set.backend.address");
-        r.get(b.weight, "backend_set.backend.weight");
+        r.get(b.weight, "backend_set.backend.weight");  // any value: 0 drains (messages.h)
         r.bytes(b.mac.data(), b.mac.size(), "backend_set.backend.mac");
         if (!r.ok()) return;
     }

@@ -141,6 +141,8 @@ struct ServiceSet {
 struct Backend {
     std::string id;  // 1..63 bytes of 0x21..0x7e: the Maglev id
     IpAddress address;
+    // Its share of new flows. 0 is valid and means draining: the backend keeps
+    // the flows jitlb already tracks to it but Maglev gives it no new ones.
     uint32_t weight = 1;
     std::array<uint8_t, 6> mac{};  // for L2 DSR; zero otherwise
     friend bool operator==(const Backend&, const Backend&) = default;

@@ -232,12 +232,6 @@ ControlConfig control_config_from(const NodeConfig& config, const GrantTableMacK
     return cc;
 }
 
-void add_counters(WorkerCounters& total, const WorkerCounters& w) {
-    for (size_t i = 0; i < total.by_counter.size(); ++i)
-        total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
-    for (size_t i = 0; i < total.parse_drops.size(); ++i)
-        total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
-}
 
 // What DPDK telemetry reads (/jitlb/stats): every lcore's counter block. Read
 // from the telemetry thread with relaxed loads; each counter is one aligned
@@ -258,11 +252,6 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
     return 0;
 }
 
-// One lcore's block in the state file's stats lines (docs/counters.md).
-size_t stats_block_bytes(uint32_t service_capacity) {
-    const size_t bytes = sizeof(WorkerCounters) + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
-    return (bytes + 63) / 64 * 64;
-}
 
 std::string counters_json(const WorkerCounters& total, const std::vector<ServiceCounters>& services,
                           const ControlLoop& control) {

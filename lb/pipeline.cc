@@ -451,7 +451,8 @@ Action Pipeline::to_exception(uint32_t kind) noexcept {
 
 // The backend of a tracked flow. When the backend set changed since the entry
 // was made, the flow keeps its backend if it is still there (found by its id),
-// else it is chosen again and counted.
+// draining or not, else it is chosen again and counted; kNoBackend when it
+// cannot be (every backend left is draining), the entry unchanged.
 uint32_t Pipeline::tracked_backend(ConnTable::Entry& e, const Service& svc, uint64_t hash) noexcept {
     if (e.service_generation == svc.generation) return e.backend;
     const auto it = std::find_if(svc.backends.begin(), svc.backends.end(),
@@ -460,6 +461,7 @@ uint32_t Pipeline::tracked_backend(ConnTable::Entry& e, const Service& svc, uint
     if (it != svc.backends.end()) {
         backend = static_cast<uint32_t>(it - svc.backends.begin());
     } else {
+        if (svc.maglev.empty()) return kNoBackend;
         backend = maglev_lookup(svc.maglev, hash);
         e.backend_key = backend_key(svc.backends[backend]);
         counters_.add(Counter::conn_rehashed);
@@ -614,6 +616,8 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             }
             continue;
         }
+        // Disabled or without backends. One whose backends all drain goes on:
+        // its tracked flows still forward (stage 3 drops its new ones).
         if (!svc->forwarding()) {
             counters_.add(Counter::drop_service_down);
             continue;
@@ -658,13 +662,15 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                 results[k].kind != LookupKind::busy) {
                 const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
                 ConnTable::Entry* e = conns_.find(p.flow, hash, now);
-                if (e != nullptr && e->service_id == svc.id && !svc.backends.empty() &&
+                if (e != nullptr && e->service_id == svc.id &&
                     (e->last_reset == 0 || now - e->last_reset >= reset_interval_)) {
-                    e->last_reset = now;
-                    conns_.touch(*e, now, true);
-                    if (send_resets(pkts[i], p, svc, svc.backends[tracked_backend(*e, svc, hash)], hash, &ctx,
-                                    extra))
-                        actions[i] = Action::transmit;
+                    const uint32_t backend = tracked_backend(*e, svc, hash);
+                    if (backend != kNoBackend) {
+                        e->last_reset = now;
+                        conns_.touch(*e, now, true);
+                        if (send_resets(pkts[i], p, svc, svc.backends[backend], hash, &ctx, extra))
+                            actions[i] = Action::transmit;
+                    }
                 }
             }
             continue;
@@ -675,8 +681,17 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         if (e != nullptr && e->service_id == svc.id) {
             counters_.add(Counter::conn_hit);
             backend = tracked_backend(*e, svc, hash);
+            if (backend == kNoBackend) {
+                counters_.add(Counter::drop_service_down);
+                continue;
+            }
             conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
         } else {
+            // Every backend draining: tracked flows go on, new ones cannot.
+            if (svc.maglev.empty()) {
+                counters_.add(Counter::drop_service_down);
+                continue;
+            }
             backend = maglev_lookup(svc.maglev, hash);
             // ICMP errors follow their inner flow by hash and add no entry.
             if (!p.icmp_error) {

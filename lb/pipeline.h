@@ -174,6 +174,9 @@ class Pipeline {
     using ForwardContextRef = void*;  // pipeline.cc's ForwardContext
     bool is_node_address(IpVersion v, const uint8_t* bytes) const noexcept;
     Action to_exception(uint32_t kind) noexcept;
+    // tracked_backend's answer when the flow's backend left and no backend
+    // takes new flows (all draining): nowhere to send it.
+    static constexpr uint32_t kNoBackend = UINT32_MAX;
     uint32_t tracked_backend(ConnTable::Entry& e, const Service& svc, uint64_t hash) noexcept;
     bool send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service& svc, const BackendInfo& backend,
                      uint64_t hash, ForwardContextRef ctx, ExtraPackets* extra) noexcept;

@@ -72,16 +72,25 @@ ServiceApplyResult failure(CommandRejectReason reason, std::string text) {
     return r;
 }
 
-// Builds `service`'s Maglev table from its backends; "" or the error.
+// Builds `service`'s Maglev table from its backends of weight > 0; "" or the
+// error. Draining backends (weight 0) get no slot, so no new flow; with none
+// left the table is empty and new flows are dropped (service_down).
 std::string build_maglev(Service& service, uint32_t table_size) {
     service.maglev.clear();
-    if (service.backends.empty()) return {};
     std::vector<MaglevBackend> mb;
-    mb.reserve(service.backends.size());
-    for (const BackendInfo& b : service.backends) mb.push_back({b.id, b.weight});
+    std::vector<uint32_t> list_index;  // mb[i] is service.backends[list_index[i]]
+    for (uint32_t i = 0; i < service.backends.size(); ++i) {
+        const BackendInfo& b = service.backends[i];
+        if (b.weight == 0) continue;
+        mb.push_back({b.id, b.weight});
+        list_index.push_back(i);
+    }
+    if (mb.empty()) return {};
     std::vector<uint32_t> table(table_size);
     const MaglevError err = maglev_build(mb, table);
     if (err != MaglevError::ok) return maglev_error_message(err, mb, table_size);
+    // maglev_build indexes `mb`; workers index `backends`.
+    for (uint32_t& slot : table) slot = list_index[slot];
     service.maglev = std::move(table);
     return {};
 }
@@ -218,14 +227,12 @@ ServiceApplyResult ServiceTable::apply(const BackendSet& set) {
     if (old == nullptr)
         return failure(CommandRejectReason::unknown_service,
                        fmt::format("backends for unknown service {} (send its service_set first)", set.service));
+    // Weight 0 is not refused: it drains the backend (build_maglev).
     std::unordered_set<std::string> ids;
     for (const Backend& b : set.backends) {
         if (!ids.insert(b.id).second)
             return failure(CommandRejectReason::invalid_service,
                            fmt::format("backends of {}: id {} listed twice", set.service, b.id));
-        if (b.weight == 0)
-            return failure(CommandRejectReason::invalid_service,
-                           fmt::format("backends of {}: backend {} has weight 0", set.service, b.id));
     }
     auto next = std::make_shared<Service>(*old);
     next->backends.clear();

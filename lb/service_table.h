@@ -45,11 +45,18 @@ struct Service {
     uint16_t gue_port = 0;
     uint32_t flags = 0;  // kServiceFlag*
     std::vector<Vip> vips;
+    // Every backend of the last BackendSet, draining ones (weight 0) included,
+    // so that a tracked flow still finds its backend by id hash.
     std::vector<BackendInfo> backends;
-    std::vector<uint32_t> maglev;  // indices into backends; empty: no backends
-    uint64_t generation = 0;       // bumped each time this service is applied
+    // Indices into `backends`, naming only backends of weight > 0; empty when
+    // there are none (no backends, or all draining): no new flows.
+    std::vector<uint32_t> maglev;
+    uint64_t generation = 0;  // bumped each time this service is applied
 
-    bool forwarding() const noexcept { return (flags & kServiceFlagDisabled) == 0 && !maglev.empty(); }
+    // Forwards at all: enabled, with backends for its tracked flows at least.
+    bool forwarding() const noexcept { return (flags & kServiceFlagDisabled) == 0 && !backends.empty(); }
+    // Gives new flows a backend: forwarding, and some backend is not draining.
+    bool takes_new_flows() const noexcept { return forwarding() && !maglev.empty(); }
 };
 
 // A VIP key as the parser sees it: destination address, IP protocol, port.
@@ -140,7 +147,8 @@ class ServiceTable {
     // caller). Validates everything first (VIPs that another service holds,
     // table size prime, mode/port), then publishes; on error nothing changes.
     // A ServiceSet keeps the service's backends; a BackendSet keeps its
-    // definition and rebuilds its Maglev table.
+    // definition and rebuilds its Maglev table. A backend of weight 0 is
+    // draining: kept in `backends` for its tracked flows, left out of Maglev.
     ServiceApplyResult apply(uint16_t id, const ServiceSet& set);
     ServiceApplyResult apply(const BackendSet& set);
     ServiceApplyResult remove(std::string_view name);

@@ -77,6 +77,7 @@ std::vector<Message> samples() {
                    {{v4(192, 0, 2, 10), 443, L4Protocol::tcp}, {v6(1), 53, L4Protocol::udp}}},
         backends_v6(3, 12),
         BackendSet{"empty", {}},
+        BackendSet{"draining", {{"b0", v6(1), 0, {}}}},  // weight 0 is valid: draining
         KeyReload{},
         ServiceDelete{"web.prod-1"},
         GrantActivated{grant_id(2), 7, 1'700'000'060'000},

@@ -844,13 +844,15 @@ namespace {
 constexpr uint16_t kPool = 8;
 constexpr const char* kPoolVip = "203.0.113.60";
 
-BackendSet pool_backends(std::vector<int> numbers) {
+// Backends `numbers`, weight 1 but those in `draining` (weight 0).
+BackendSet pool_backends(std::vector<int> numbers, std::vector<int> draining = {}) {
     BackendSet set;
     set.service = "pool";
     for (const int i : numbers) {
         Backend b;
         b.id = "b" + std::to_string(i);
         b.address = ip(("172.16.1." + std::to_string(i)).c_str());
+        b.weight = std::count(draining.begin(), draining.end(), i) != 0 ? 0 : 1;
         set.backends.push_back(b);
     }
     return set;
@@ -1026,6 +1028,140 @@ TEST_CASE("when a sixth backend is added, every tracked flow keeps its backend a
     }
     for (size_t i = 0; i < new_flows.size(); ++i) REQUIRE(fresh[i] == model_backend(pool, new_flows[i]));
     CHECK(n.get(Counter::conn_new) == 16'000);
+}
+
+// --- draining: a backend of weight 0 keeps its tracked flows, gets no new ones -------
+
+TEST_CASE("a draining backend gets no new flows", "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3, 4, 5});
+    n.apply(pool_backends({1, 2, 3, 4, 5}, /*draining=*/{3}));
+    const Service& pool = n.service("pool");
+
+    const std::vector<Flow> fs = flows(5'000);
+    const std::vector<int> got = send_flows(n, fs);
+    const std::map<int, size_t> h = histogram(got);
+    CHECK(h.count(0) == 0);
+    CHECK(h.count(3) == 0);
+    CHECK(h.size() == 4);
+    for (size_t i = 0; i < fs.size(); ++i) REQUIRE(got[i] == model_backend(pool, fs[i]));
+    CHECK(n.get(Counter::conn_new) == 5'000);
+    CHECK(n.get(Counter::forwarded) == 5'000);
+}
+
+TEST_CASE("a tracked flow to a backend that starts draining keeps its backend",
+          "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3, 4, 5});
+    const std::vector<Flow> fs = flows(10'000);
+    const std::vector<int> before = send_flows(n, fs);
+    REQUIRE(std::count(before.begin(), before.end(), 0) == 0);
+    const size_t on_3 = static_cast<size_t>(std::count(before.begin(), before.end(), 3));
+    REQUIRE(on_3 > 1500);
+
+    n.apply(pool_backends({1, 2, 3, 4, 5}, /*draining=*/{3}));
+    const Service& pool = n.service("pool");
+    // Maglev alone would move every flow of b3: the check below is not vacuous.
+    for (size_t i = 0; i < fs.size(); ++i)
+        if (before[i] == 3) REQUIRE(model_backend(pool, fs[i]) != 3);
+
+    CHECK(send_flows(n, fs) == before);
+    CHECK(n.get(Counter::conn_rehashed) == 0);
+    CHECK(n.get(Counter::conn_hit) == 10'000);
+    CHECK(n.get(Counter::forwarded) == 20'000);
+    const size_t i =
+        static_cast<size_t>(std::find(before.begin(), before.end(), 3) - before.begin());
+
+    SECTION("to its last packet") {
+        Buf fin(fs[i].frame(0x11));  // FIN, ACK
+        REQUIRE(n.process(fin) == Action::transmit);
+        CHECK(fin.pkt.data[14 + 19] == 3);  // outer destination 172.16.1.3
+    }
+    SECTION("and its resets go to that backend when its grant ends") {
+        Buf pkt(fs[i].frame(), 128, 128);
+        Buf spare(Bytes(60, 0), 128, 128);
+        ExtraPackets extra;
+        extra.bufs[0] = spare.pkt;
+        extra.available = 1;
+        Action action = Action::drop;
+        // The pool's grant ends at kNow + 60 s; the entry lives 300 s.
+        n.pipeline->process_burst({&pkt.pkt, 1}, *n.services.current(), kNow + 61'000, {&action, 1},
+                                  &extra);
+        CHECK(n.get(Counter::drop_grant_expired) == 1);
+        CHECK(action == Action::transmit);  // the reset to the client
+        REQUIRE(extra.used == 1);
+        CHECK(extra.bufs[0].data[14 + 19] == 3);  // the reset to b3
+        CHECK(n.get(Counter::resets_sent) == 2);
+    }
+}
+
+TEST_CASE(
+    "a service whose backends all drain drops new flows with service_down but keeps tracked ones",
+    "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3});
+    const std::vector<Flow> tracked = flows(3'000);
+    const std::vector<int> before = send_flows(n, tracked);
+    REQUIRE(std::count(before.begin(), before.end(), 0) == 0);
+
+    n.apply(pool_backends({1, 2, 3}, /*draining=*/{1, 2, 3}));
+    REQUIRE(n.service("pool").maglev.empty());
+    CHECK(send_flows(n, tracked) == before);
+
+    // New flows are dropped after the grant check (stage 3) and not tracked.
+    const std::vector<Flow> fresh = flows(1'000, 1);
+    const std::vector<int> dropped = send_flows(n, fresh);
+    CHECK(std::count(dropped.begin(), dropped.end(), 0) == 1'000);
+    CHECK(n.get(Counter::drop_service_down) == 1'000);
+    CHECK(n.get(Counter::conn_new) == 3'000);
+    CHECK(n.get(Counter::forwarded) == 6'000);
+    CHECK(n.pipeline->connections().live(kNow) == 3'000);
+    // Without a grant a new flow is a grant denial first.
+    Buf stranger(pad_to_min(eth4(tcp4("198.51.100.99", kPoolVip, 40000, 443))));
+    CHECK(n.process(stranger) == Action::drop);
+    CHECK(n.get(Counter::drop_no_grant) == 1);
+
+    SECTION(
+        "a tracked flow whose backend is removed has nowhere to go: service_down, not rehashed") {
+        n.apply(pool_backends({1, 2}, /*draining=*/{1, 2}));  // b3 removed, the rest drain
+        const std::vector<int> after = send_flows(n, tracked);
+        size_t lost = 0;
+        for (size_t i = 0; i < tracked.size(); ++i) {
+            if (before[i] == 3) {
+                REQUIRE(after[i] == 0);
+                ++lost;
+            } else {
+                REQUIRE(after[i] == before[i]);
+            }
+        }
+        CHECK(lost > 0);
+        CHECK(n.get(Counter::drop_service_down) == 1'000 + lost);
+        CHECK(n.get(Counter::conn_rehashed) == 0);
+
+        // Once a backend takes new flows again, those flows are chosen again.
+        n.apply(pool_backends({1, 2}, /*draining=*/{2}));
+        const std::vector<int> again = send_flows(n, tracked);
+        for (size_t i = 0; i < tracked.size(); ++i)
+            REQUIRE(again[i] == (before[i] == 3 ? 1 : before[i]));
+        CHECK(n.get(Counter::conn_rehashed) == lost);
+    }
+}
+
+TEST_CASE("undraining (weight back to 1) gives it new flows again", "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3, 4, 5});
+    n.apply(pool_backends({1, 2, 3, 4, 5}, /*draining=*/{3}));
+    const std::map<int, size_t> drained = histogram(send_flows(n, flows(5'000, 1)));
+    CHECK(drained.count(3) == 0);
+
+    n.apply(pool_backends({1, 2, 3, 4, 5}));
+    const Service& pool = n.service("pool");
+    const std::vector<Flow> fs = flows(5'000, 2);
+    const std::vector<int> got = send_flows(n, fs);
+    const std::map<int, size_t> h = histogram(got);
+    REQUIRE(h.count(3) == 1);
+    CHECK(h.at(3) >= 800);  // about 1,000
+    for (size_t i = 0; i < fs.size(); ++i) REQUIRE(got[i] == model_backend(pool, fs[i]));
 }
 
 TEST_CASE("the same flow sent again gets the same backend, in one burst and across bursts", "[pipeline][conn]") {

@@ -1,5 +1,6 @@
 // Service table: VIP lookup for both families, the refusals that leave the
-// table as it was, Maglev tables built from BackendSet, generations, and the
+// table as it was, Maglev tables built from BackendSet (draining backends,
+// weight 0, left out of them but kept in the list), generations, and the
 // snapshot lifecycle (an old snapshot stays readable until every worker has
 // announced a newer generation), with a ThreadSanitizer stress of one writer
 // against two readers.
@@ -231,6 +232,102 @@ TEST_CASE("a BackendSet builds a Maglev table whose entries index the backends i
     REQUIRE(down != nullptr);
     CHECK(down->maglev.empty());
     CHECK_FALSE(down->forwarding());
+}
+
+// --- draining: weight 0 ---------------------------------------------------------
+
+namespace {
+
+// The backend id each slot of `s`'s Maglev table names.
+std::vector<std::string> slot_ids(const Service& s) {
+    std::vector<std::string> ids;
+    ids.reserve(s.maglev.size());
+    for (const uint32_t index : s.maglev) ids.push_back(s.backends.at(index).id);
+    return ids;
+}
+
+}  // namespace
+
+TEST_CASE("a draining backend (weight 0) stays in the list but gets no Maglev slot, as if removed",
+          "[service_table][drain]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)}, 10007)));
+    require_ok(table.apply(2, service("ref", {vip("203.0.113.11", 80)}, 10007)));
+
+    // backend-0 drains; the others keep weight 1.
+    const BackendSet draining = backends("web", 4, /*first_weight=*/0);
+    const ServiceApplyResult r = table.apply(draining);
+    require_ok(r);
+    const Service* web = table.find_by_name("web");
+    REQUIRE(web != nullptr);
+    CHECK(web->forwarding());
+    CHECK(web->takes_new_flows());
+    REQUIRE(web->backends.size() == 4);
+    CHECK(web->backends[0].id == "backend-0");
+    CHECK(web->backends[0].weight == 0);
+    CHECK(web->backends[0].id_hash == backend_id_hash("backend-0"));  // tracked flows find it
+
+    REQUIRE(web->maglev.size() == 10007);
+    std::vector<size_t> slots(4, 0);
+    for (const uint32_t index : web->maglev) {
+        REQUIRE(index < web->backends.size());
+        ++slots[index];
+    }
+    CHECK(slots[0] == 0);
+    for (size_t i = 1; i < 4; ++i) CHECK(slots[i] == Approx(10007 / 3.0).epsilon(0.02));
+
+    // The same table, slot for slot, as a set without backend-0, whose list
+    // indexes differ: the filtered table maps back to the right backends.
+    BackendSet removed = draining;
+    removed.service = "ref";
+    removed.backends.erase(removed.backends.begin());
+    require_ok(table.apply(removed));
+    const Service* ref = table.find_by_name("ref");
+    REQUIRE(ref != nullptr);
+    CHECK(ref->backends[0].id == "backend-1");
+    CHECK(slot_ids(*web) == slot_ids(*ref));
+}
+
+TEST_CASE(
+    "a service whose backends all drain keeps them and forwards, but its Maglev table is empty",
+    "[service_table][drain]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)})));
+    require_ok(table.apply(backends("web", 3)));
+    BackendSet all_drain = backends("web", 3);
+    for (Backend& b : all_drain.backends) b.weight = 0;
+    require_ok(table.apply(all_drain));
+    const Service* web = table.current()->find(key("203.0.113.10", 80));
+    REQUIRE(web != nullptr);
+    CHECK(web->backends.size() == 3);
+    CHECK(web->maglev.empty());
+    CHECK(web->forwarding());             // its tracked flows go on
+    CHECK_FALSE(web->takes_new_flows());  // new flows are dropped (service_down)
+
+    // A ServiceSet keeps the draining backends and builds no table either,
+    // whatever its size: no weighted backend has to fit.
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)}, 101)));
+    CHECK(table.find_by_name("web")->backends.size() == 3);
+    CHECK(table.find_by_name("web")->maglev.empty());
+}
+
+TEST_CASE("undraining (weight back to 1) gives a backend its Maglev slots again",
+          "[service_table][drain]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)}, 10007)));
+    require_ok(table.apply(backends("web", 4)));
+    const std::vector<uint32_t> before = table.find_by_name("web")->maglev;
+
+    require_ok(table.apply(backends("web", 4, /*first_weight=*/0)));
+    const Service* drained = table.find_by_name("web");
+    CHECK(std::count(drained->maglev.begin(), drained->maglev.end(), 0u) == 0);
+
+    require_ok(table.apply(backends("web", 4, /*first_weight=*/1)));
+    const Service* back = table.find_by_name("web");
+    CHECK(back->takes_new_flows());
+    // Maglev depends on the set of (id, weight) only: the very same table.
+    CHECK(back->maglev == before);
+    CHECK(std::count(back->maglev.begin(), back->maglev.end(), 0u) > 0);
 }
 
 TEST_CASE("a ServiceSet applied again keeps the service's backends and Maglev table", "[service_table]") {

@@ -77,4 +77,14 @@ struct alignas(64) WorkerCounters {
     uint64_t total_drops() const noexcept;
 };
 
+// Adds `w` into `total` with relaxed loads (w's lcore may be writing it).
+void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept;
+
+// One lcore's block in the state file's stats lines: its WorkerCounters, then
+// ServiceCounters for ids 0..service_capacity, rounded up to 64 bytes.
+inline size_t stats_block_bytes(uint32_t service_capacity) noexcept {
+    const size_t bytes = sizeof(WorkerCounters) + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
+    return (bytes + 63) / 64 * 64;
+}
+
 }  // namespace jitlb::lb

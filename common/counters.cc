@@ -55,4 +55,11 @@ uint64_t WorkerCounters::total_drops() const noexcept {
     return n;
 }
 
+void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept {
+    for (size_t i = 0; i < total.by_counter.size(); ++i)
+        total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
+    for (size_t i = 0; i < total.parse_drops.size(); ++i)
+        total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
+}
+
 }  // namespace jitlb::lb
