@@ -754,7 +754,7 @@ AuditLog AuditLog::open(const std::string& path, const IssuerSecretKey* checkpoi
             throw AuditError(fmt::format("audit log {}: {}. jitd does not write after damage it "
                                          "did not make: keep a copy and verify it (jitctl audit "
                                          "verify), then move it aside to start a new log, or open "
-                                         "it anyway (open_damaged) to continue after it",
+                                         "it anyway (jitd --open-damaged-audit-log) to continue after it",
                                          path, damage),
                              damaged_line);
         }
@@ -764,7 +764,7 @@ AuditLog AuditLog::open(const std::string& path, const IssuerSecretKey* checkpoi
         damage = checker.report().problem;
         if (!opts.open_damaged) {
             throw AuditError(fmt::format("audit log {}: {}. Keep a copy, and find out what "
-                                         "happened before opening it anyway (open_damaged)",
+                                         "happened before opening it anyway (jitd --open-damaged-audit-log)",
                                          path, damage),
                              damaged_line);
         }

@@ -440,8 +440,10 @@ int main(int argc, char** argv) {
         for (const auto& s : reply["services"]) {
             std::string vips;
             for (const auto& v : s["vips"]) {
-                vips += fmt::format("{}{}:{}/{}", vips.empty() ? "" : ", ", v.value("address", ""),
-                                    v.value("port", 0), v.value("protocol", ""));
+                const std::string a = v.value("address", "");
+                vips += fmt::format("{}{}:{}/{}", vips.empty() ? "" : ", ",
+                                    a.find(':') != std::string::npos ? "[" + a + "]" : a, v.value("port", 0),
+                                    v.value("protocol", ""));
             }
             fmt::print("{}  {}  {}  {} backends\n", s.value("name", ""), s.value("mode", ""), vips, s["backends"].size());
         }
@@ -532,7 +534,7 @@ int main(int argc, char** argv) {
         fmt::print("grants: {} active, {} pushed, {} ready, {} scheduled, {} superseded; {} requests pending\n",
                    gr.value("active", 0), gr.value("pushed", 0), gr.value("ready", 0), gr.value("scheduled", 0),
                    gr.value("superseded", 0), reply.value("pending_requests", 0));
-        fmt::print("audit: head {} {}\n", reply["audit"].value("seq", 0), reply["audit"].value("hash", ""));
+        fmt::print("audit: head {}:{}\n", reply["audit"].value("seq", 0), reply["audit"].value("hash", ""));
         return 0;
     }));
 
@@ -573,6 +575,15 @@ int main(int argc, char** argv) {
             } else if (lines.size() > static_cast<size_t>(a_lines)) {
                 start = lines.size() - static_cast<size_t>(a_lines);
             }
+            if (g.json_out && !a_follow) {
+                ordered_json out = ordered_json::array();
+                for (size_t i = start; i < lines.size(); ++i) {
+                    out.push_back(ordered_json::parse(lines[i].get<std::string>(), nullptr, false));
+                }
+                print_json({{"ok", true}, {"lines", out}});
+                return 0;
+            }
+            // -f (also with --json): one JSON line per audit line, as written.
             for (size_t i = start; i < lines.size(); ++i) std::cout << lines[i].get<std::string>() << "\n";
             std::cout.flush();
             if (!lines.empty()) last = lines.back().get<std::string>();
@@ -604,7 +615,7 @@ int main(int argc, char** argv) {
             const AuditVerifyReport r = verify_audit_log(av_file, keys ? &*keys : nullptr, head);
             j = {{"verified", r.ok}, {"lines", r.lines}, {"checkpoints", r.checkpoints},
                  {"signatures_verified", r.signatures_verified}, {"first_bad_line", r.first_bad_line},
-                 {"problem", r.problem}};
+                 {"problem", r.problem}, {"head", format_audit_head(r.head)}};
         }
         if (g.json_out) {
             print_json(j);

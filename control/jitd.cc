@@ -115,6 +115,11 @@ int main(int argc, char** argv) {
     bool check_only = false;
     app.add_option("-c,--config", config_path, "jitd.toml")->required();
     app.add_flag("--check", check_only, "check the config and policy, then exit");
+    bool open_damaged = false;
+    app.add_flag("--open-damaged-audit-log", open_damaged,
+                 "start even though the audit log is damaged or shorter than the head jitd stored: "
+                 "the chain continues and an audit.recovered line records the damage (save a copy "
+                 "of the log first)");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -134,6 +139,7 @@ int main(int argc, char** argv) {
         aopts.checkpoint_every_lines = config.audit_checkpoint_lines;
         aopts.checkpoint_every_ms = config.audit_checkpoint_ms;
         aopts.sink_path = config.audit_sink;
+        aopts.open_damaged = open_damaged;
         if (const auto head = store->audit_head()) {
             if (const auto hash = parse_audit_hash_hex(head->hash_hex)) {
                 aopts.expected_head = AuditHead{head->seq, *hash};

@@ -269,7 +269,9 @@ ordered_json Jitd::dispatch(const json& req, const Caller& c) {
     if (op == "revoke") return op_revoke(req, c);
     if (op == "grant") return op_grant(req, c);
     if (op == "push") return op_push(req, c);
-    if (op.rfind("service_", 0) == 0 || op.rfind("backend_", 0) == 0) return op_service(req, c, op);
+    static const std::set<std::string> kServiceOps = {"service_add", "service_rm", "backend_add",
+                                                      "backend_rm", "backend_drain", "backend_weight"};
+    if (kServiceOps.count(op)) return op_service(req, c, op);
     if (op == "policy_reload") {
         require_admin(c, "policy_reload");
         if (std::string why = reload_policy(actor_of(c)); !why.empty()) {
@@ -514,6 +516,10 @@ ordered_json Jitd::op_decide(const json& req, const Caller& c, bool approve) {
     if (!approve && reason.empty()) {
         throw ApiError("reason_required", "a denial needs a reason (--reason)");
     }
+    if (approve && !issuer_) {
+        throw ApiError("no_issuer_key", "jitd holds no issuer key (issuer_key in its config): it "
+                                        "cannot sign the grant an approval issues");
+    }
     const ApprovalCheck check = config_.policy.may_approve(r->rule, c.user, c.groups, r->user);
     if (!check.allowed) {
         AuditEvent ev{actor_of(c), approve ? "request.approve" : "request.deny", id, "refused",
@@ -547,7 +553,7 @@ ordered_json Jitd::op_decide(const json& req, const Caller& c, bool approve) {
 ordered_json Jitd::op_ls_requests(const json& req, const Caller& c) {
     const bool all = bool_field(req, "all");
     const auto rows = store_->requests(all ? std::vector<std::string>{} : kOpenRequestStates,
-                                       static_cast<size_t>(int_field(req, "limit", 1000)));
+                                       static_cast<size_t>(std::clamp<int64_t>(int_field(req, "limit", 1000), 1, 100'000)));
     ordered_json list = ordered_json::array();
     const bool admin = is_admin(c);
     for (const RequestRow& r : rows) {
@@ -562,7 +568,7 @@ ordered_json Jitd::op_ls_requests(const json& req, const Caller& c) {
 ordered_json Jitd::op_ls_grants(const json& req, const Caller& c) {
     const bool all = bool_field(req, "all");
     const auto rows = store_->grants(all ? std::vector<std::string>{} : kLiveGrantStates,
-                                     static_cast<size_t>(int_field(req, "limit", 1000)));
+                                     static_cast<size_t>(std::clamp<int64_t>(int_field(req, "limit", 1000), 1, 100'000)));
     ordered_json list = ordered_json::array();
     const bool admin = is_admin(c);
     for (const GrantRow& g : rows) {
@@ -573,22 +579,26 @@ ordered_json Jitd::op_ls_grants(const json& req, const Caller& c) {
 
 void Jitd::end_grant(GrantRow g, const std::string& state, RevokeReason reason,
                      const std::string& actor, const std::string& why) {
+    // A revocation goes to jitlb before it is written down: it only closes
+    // access, so it need not wait for the disk (after a crash in between,
+    // jitlb's revoked set refuses the grant when jitd pushes it again).
+    if (state == "revoked" && link_) {
+        const auto id = parse_grant_id_hex(g.id);
+        const SendResult sent =
+            link_->send(Revoke{*id, static_cast<uint64_t>(g.not_after_ms), reason});
+        if (!sent.ok()) {
+            unsent_revocations_.insert(g.id);
+            log(fmt::format("revocation of {} not delivered yet ({}): sent again every tick, and "
+                            "with everything else when jitlb (re)attaches",
+                            g.id, ring_error_name(sent.ring.error)));
+        }
+    }
     g.state = state;
     g.state_reason = why;
     g.updated_ms = now_();
     AuditEvent ev{actor, state == "revoked" ? "grant.revoke" : "grant." + state, g.id, "ok", why,
                   {{"service", g.service}, {"source", g.source}}};
     commit(ev, [&] { store_->put_grant(g); });
-    if (state == "revoked" && link_) {
-        const auto id = parse_grant_id_hex(g.id);
-        const SendResult sent =
-            link_->send(Revoke{*id, static_cast<uint64_t>(g.not_after_ms), reason});
-        if (!sent.ok()) {
-            log(fmt::format("revocation of {} not delivered yet ({}): it is re-sent when jitlb "
-                            "attaches",
-                            g.id, ring_error_name(sent.ring.error)));
-        }
-    }
 }
 
 ordered_json Jitd::op_revoke(const json& req, const Caller& c) {
@@ -619,17 +629,22 @@ ordered_json Jitd::op_grant(const json& req, const Caller& c) {
     const auto source = parse_ip_prefix(str_field(req, "source", true), &why);
     if (!source) throw ApiError("bad_source", "source: " + why);
     const int64_t duration_ms = int_field(req, "duration_ms", 0);
-    if (duration_ms <= 0 || duration_ms > config_.max_grant_ms) {
+    if (duration_ms <= 0) throw ApiError("bad_request", "duration_ms must be a positive number of ms");
+    if (duration_ms > config_.max_grant_ms) {
         throw ApiError("duration_too_long",
                        fmt::format("duration must be positive and at most {} (max_grant)",
                                    format_duration_ms(config_.max_grant_ms)));
     }
     const int64_t now = now_();
-    const int64_t start = std::max(now, int_field(req, "start_ms", now));
+    const int64_t start = int_field(req, "start_ms", now);
+    if (start < now - config_.skew_ms) {
+        throw ApiError("bad_request", fmt::format("start {} is in the past", format_unix_ms(start)));
+    }
     std::string subject = str_field(req, "subject", false);
     if (subject.empty()) subject = c.user;
     const std::string reason = reason_field(req);
-    const GrantRow g = issue("", subject, service, *source, start, duration_ms, actor_of(c), reason);
+    const GrantRow g =
+        issue("", subject, service, *source, std::max(start, now), duration_ms, actor_of(c), reason);
     return {{"grant", grant_json(g)}};
 }
 
@@ -822,7 +837,8 @@ std::string Jitd::reload_policy(const std::string& actor) {
                [] {});
         return "";
     } catch (const std::exception& e) {
-        commit({actor, "policy.reload", config_.policy_file, "refused", e.what(), ordered_json::object()},
+        commit({actor, "policy.reload", config_.policy_file.empty() ? config_.source : config_.policy_file,
+                "refused", e.what(), ordered_json::object()},
                [] {});
         return e.what();
     }
@@ -910,7 +926,7 @@ void Jitd::on_event(const DecodedMessage& event) {
     const int64_t now = now_();
     const auto update = [&](const GrantId& id, const std::function<void(GrantRow&)>& change,
                             const std::string& action, const std::string& result,
-                            const std::string& reason) {
+                            const std::string& reason, bool quiet_repeat = false) {
         auto g = store_->grant(grant_id_hex(id));
         if (!g) {
             commit({"jitlb", action, grant_id_hex(id), result, reason + " (a grant jitd does not know)",
@@ -918,8 +934,15 @@ void Jitd::on_event(const DecodedMessage& event) {
                    [] {});
             return;
         }
+        const std::string before = g->state_reason;
         change(*g);
         g->updated_ms = now;
+        if (quiet_repeat && g->state_reason == before) {
+            // The same answer to a retry (a superseded renewal waiting for its
+            // turn): one audit line when it starts waiting, not one per retry.
+            store_->transaction([&] { store_->put_grant(*g); });
+            return;
+        }
         commit({"jitlb", action, g->id, result, reason, {{"state", g->state}}},
                [&] { store_->put_grant(*g); });
     };
@@ -942,7 +965,8 @@ void Jitd::on_event(const DecodedMessage& event) {
                         g.state = "rejected";
                     }
                     g.state_reason = fmt::format("{}: {}", grant_reject_reason_name(reason), e.text);
-                }, "grant.rejected", std::string(grant_reject_reason_name(reason)), e.text);
+                }, "grant.rejected", std::string(grant_reject_reason_name(reason)), e.text,
+                       reason == GrantRejectReason::superseded);
             } else if constexpr (std::is_same_v<T, GrantRevoked>) {
                 const auto reason = e.reason;
                 update(e.grant_id, [&](GrantRow& g) {
@@ -995,8 +1019,14 @@ void Jitd::on_event(const DecodedMessage& event) {
 }
 
 void Jitd::tick() {
+    const int64_t now = now_();
     if (link_) {
         const PeerStatus s = link_->poll();
+        // Events first: popping attaches our event consumer to a restarted
+        // jitlb's new event ring, so its answers to the re-push below land.
+        link_->drain_events(
+            1024, [&](const DecodedMessage& e) { on_event(e); },
+            [&](const std::string& why) { log(why); });
         if (s.epoch_changed) {
             reconcile(fmt::format("jitlb epoch {:016x} (pid {})", s.epoch, s.writer_pid));
             was_attached_ = link_->attached();
@@ -1006,14 +1036,26 @@ void Jitd::tick() {
         } else if (!link_->attached()) {
             was_attached_ = false;
         }
-        link_->drain_events(
-            1024, [&](const DecodedMessage& e) { on_event(e); },
-            [&](const std::string& why) { log(why); });
+        // Revocations the ring did not take: again until it does.
+        for (auto it = unsent_revocations_.begin(); it != unsent_revocations_.end();) {
+            const auto g = store_->grant(*it);
+            if (!g || g->not_after_ms <= now ||
+                link_->send(Revoke{*parse_grant_id_hex(g->id), static_cast<uint64_t>(g->not_after_ms),
+                                   RevokeReason::by_operator})
+                    .ok()) {
+                it = unsent_revocations_.erase(it);
+            } else {
+                ++it;
+            }
+        }
     }
-    const int64_t now = now_();
-    if (now - last_retry_ms_ >= 2000) {
+    if (now - last_retry_ms_ >= kRetryMs) {
         last_retry_ms_ = now;
-        for (GrantRow g : store_->grants({"superseded"}, 1'000'000)) {
+        // Superseded renewals are pushed again until the entry they renew
+        // ends; a push whose answer was lost (events dropped) is pushed again
+        // (an identical re-push of a live grant is acknowledged at once).
+        for (GrantRow g : store_->grants({"superseded", "pushed"}, 1'000'000)) {
+            if (g.state == "pushed" && now - g.updated_ms < kRetryMs) continue;
             g.state = "ready";
             store_->transaction([&] { store_->put_grant(g); });
         }

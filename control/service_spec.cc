@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "grant.h"
+#include "maglev.h"
 
 namespace jitlb::control {
 
@@ -238,6 +239,11 @@ std::optional<ServiceSpec> service_from_json(const json& j, std::string* error) 
 std::string check_service(const ServiceSpec& spec) {
     if (const MessageFault f = check_message(service_set_of(spec)); !f.ok()) {
         return fmt::format("service {}: {}", spec.name, describe_message_fault(f));
+    }
+    if (!is_prime(spec.table_size)) {
+        return fmt::format("service {}: table_size {} is not prime (Maglev needs a prime; 65537 is "
+                           "the default)",
+                           spec.name, spec.table_size);
     }
     std::set<std::string> ids;
     for (const BackendSpec& b : spec.backends) {

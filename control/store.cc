@@ -124,7 +124,7 @@ constexpr const char* kGrantCols =
 
 }  // namespace
 
-Store::Store(const std::string& path) : path_(path) {
+Store::Store(const std::string& path, bool durable) : path_(path) {
     // Create it 0600 ourselves: sqlite would use the umask.
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) throw StoreError(fmt::format("{}: cannot open the state database", path));
@@ -138,7 +138,7 @@ Store::Store(const std::string& path) : path_(path) {
     }
     sqlite3_busy_timeout(db_, 5000);
     exec("PRAGMA journal_mode=WAL");
-    exec("PRAGMA synchronous=FULL");
+    exec(durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=OFF");
     exec(kSchema);
 }
 

@@ -73,7 +73,9 @@ struct AuditHeadRow {
 class Store {
   public:
     // Opens or creates `path` (0600), WAL, synchronous FULL, the schema.
-    explicit Store(const std::string& path);
+    // `durable` false (synchronous OFF) is for fuzzing only: a crash may then
+    // lose acknowledged changes.
+    explicit Store(const std::string& path, bool durable = true);
     ~Store();
     Store(const Store&) = delete;
     Store& operator=(const Store&) = delete;
