@@ -442,6 +442,11 @@ GrantRow Jitd::issue(const std::string& request_id, const std::string& subject,
         throw ApiError("no_issuer_key", "jitd holds no issuer key (issuer_key in its config): it "
                                         "cannot sign grants");
     }
+    if (not_before_ms < 0 || duration_ms <= 0 || not_before_ms > kMaxGrantTimeMs - duration_ms) {
+        throw ApiError("bad_request", fmt::format("the grant would end after the year 9999 (start "
+                                                  "{} ms, duration {} ms)",
+                                                  not_before_ms, duration_ms));
+    }
     Grant grant;
     grant.grant_id = random_grant_id();
     grant.subject = subject.substr(0, kMaxGrantSubjectLen);

@@ -52,7 +52,7 @@ bool get_uint(const json& j, const char* key, T max, T& out, std::string_view wh
               std::string* error) {
     if (!j.contains(key)) return true;
     const json& v = j.at(key);
-    if (!v.is_number_unsigned() || v.get<uint64_t>() > max) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<uint64_t>() > max) {
         set(error, fmt::format("{}.{}: expected an integer 0..{}, got {}", what, key, max,
                                v.dump()));
         return false;
