@@ -19,10 +19,14 @@
 #include <fmt/format.h>
 
 #include "duration.h"
+#include "toml_keys.h"
 #include "shared_layout.h"
 
 namespace jitlb::control {
 namespace {
+
+using toml_keys::join;
+using toml_keys::type_name;
 
 constexpr std::string_view kAnyService = "*";
 
@@ -34,57 +38,6 @@ constexpr std::string_view kAnyService = "*";
                       static_cast<int>(at.column), std::move(detail));
 }
 
-std::string_view type_name(const toml::node& node) {
-    switch (node.type()) {
-        case toml::node_type::string:
-            return "a string";
-        case toml::node_type::integer:
-            return "an integer";
-        case toml::node_type::floating_point:
-            return "a float";
-        case toml::node_type::boolean:
-            return "a boolean";
-        case toml::node_type::table:
-            return "a table";
-        case toml::node_type::array:
-            return "an array";
-        case toml::node_type::date:
-            return "a date";
-        case toml::node_type::time:
-            return "a time";
-        case toml::node_type::date_time:
-            return "a date-time";
-        case toml::node_type::none:
-            break;
-    }
-    return "nothing";
-}
-
-// Levenshtein distance, for "did you mean" on an unknown key.
-size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diagonal = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= b.size(); ++j) {
-            const size_t above = row[j];
-            row[j] = std::min({above + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-            diagonal = above;
-        }
-    }
-    return row[b.size()];
-}
-
-template <typename Names>
-std::string join(const Names& names, std::string_view separator = ", ") {
-    std::string out;
-    for (const auto& name : names) {
-        if (!out.empty()) out += separator;
-        out += name;
-    }
-    return out;
-}
 
 // One table of the document and its key path ("policy.rule[2]"). Every
 // read checks the type, and every failure names the path.
@@ -102,31 +55,12 @@ class Section {
     // A misspelt key must not leave its setting at the default without a
     // word. The table iterates in key order; report the first in the file.
     void allow_only(std::initializer_list<std::string_view> known, std::string_view hint) const {
-        const auto place = [](const toml::key& key) {
-            return std::pair(key.source().begin.line, key.source().begin.column);
-        };
-        const toml::key* first = nullptr;
-        for (auto&& [key, value] : table_) {
-            if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
-            if (!first || place(key) < place(*first)) first = &key;
-        }
+        const toml::key* first = toml_keys::first_unknown_key(table_, known);
         if (!first) return;
         const std::string_view name = first->str();
-        std::string did_you_mean;
-        size_t best = SIZE_MAX;
-        for (const std::string_view candidate : known) {
-            const size_t distance = edit_distance(name, candidate);
-            const bool close = distance <= 2 || (name.size() >= 3 && candidate.starts_with(name));
-            if (close && distance < best) {
-                best = distance;
-                did_you_mean = fmt::format(" (did you mean '{}'?)", candidate);
-            }
-        }
-        const std::string where = path_.empty()         ? "at the top level"
-                                  : path_.back() == ']' ? "in " + path_
-                                                        : "in [" + path_ + "]";
         fail(source_, key_path(name), first->source().begin,
-             fmt::format("unknown key '{}'{}; the keys {} are: {}{}", name, did_you_mean, where,
+             fmt::format("unknown key '{}'{}; the keys {} are: {}{}", name,
+                         toml_keys::did_you_mean(name, known), toml_keys::table_place(path_),
                          join(known), hint));
     }
 

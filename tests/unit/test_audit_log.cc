@@ -7,6 +7,8 @@
 // continues the chain; the sink; and the cost of verifying 100k lines.
 #include <catch2/catch.hpp>
 
+#include "temp_dir.h"
+
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
@@ -41,21 +43,6 @@ namespace {
 constexpr int64_t kT0 = 1'700'000'000'000;  // 2023-11-14, Unix ms
 const std::string kZeros(64, '0');
 
-struct TempDir {
-    TempDir() {
-        char name[] = "/tmp/jitlb-audit-XXXXXX";
-        REQUIRE(mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    fs::path path;
-};
 
 std::string read_text(const std::string& path) {
     std::ifstream in(path, std::ios::binary);

@@ -5,6 +5,8 @@
 // and key rotation. Prints the cost of signing and verifying.
 #include <catch2/catch.hpp>
 
+#include "temp_dir.h"
+
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
@@ -34,19 +36,6 @@ namespace {
 constexpr int64_t kT0 = 1'700'000'000'000;  // 2023-11-14, Unix ms
 constexpr int64_t kMinute = 60'000;
 
-struct TempDir {
-    TempDir() {
-        char name[] = "/tmp/jitlb-grant-XXXXXX";
-        REQUIRE(mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    fs::path path;
-};
 
 void write_text(const std::string& path, const std::string& text, mode_t mode = 0644) {
     {

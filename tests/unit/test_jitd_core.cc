@@ -5,6 +5,8 @@
 // the audit trail and its head, policy reload, and malformed calls.
 #include <catch2/catch.hpp>
 
+#include "temp_dir.h"
+
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -43,21 +45,6 @@ constexpr int64_t kMinute = 60 * kSecond;
 constexpr int64_t kHour = 60 * kMinute;
 constexpr int64_t kSkew = 2 * kSecond;  // the config's default skew
 
-struct TempDir {
-    TempDir() {
-        char name[] = "/tmp/jitlb-jitd-core-XXXXXX";
-        REQUIRE(mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    fs::path path;
-};
 
 // Two rules over the service web for the group dev (15m at once, up to 8h
 // with an approval by ops, each starting at most 2h ahead), and one for alice
