@@ -37,6 +37,14 @@ if os.geteuid() != 0:
 
 WORK = tempfile.mkdtemp(prefix="jitd-e2e.")
 os.chmod(WORK, 0o755)
+# jitd runs as its own user (scripts/setup creates it) and jitlb as root, as in
+# production with two users: each may write only its own shared-region file.
+try:
+    import pwd
+    JITD_USER = pwd.getpwnam("jitd")
+except KeyError:
+    JITD_USER = None
+    print("note: no user jitd (run scripts/setup): jitd runs as root in this test")
 SOCK = f"{WORK}/jitd.sock"
 USERS = {"nobody": ("nobody", "nogroup"), "daemon": ("daemon", "daemon"), "bin": ("bin", "bin")}
 procs = []
@@ -77,7 +85,10 @@ def raw_call(payload: bytes, timeout=5.0):
 
 def start_jitd():
     log = open(f"{WORK}/jitd.log", "a")
-    p = subprocess.Popen([JITD, "-c", f"{WORK}/jitd.toml"], stdout=log, stderr=subprocess.STDOUT)
+    cmd = [JITD, "-c", f"{WORK}/jitd.toml"]
+    if JITD_USER:
+        cmd = ["setpriv", "--reuid=jitd", "--regid=jitd", "--init-groups"] + cmd
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     procs.append(p)
     for _ in range(500):
         if os.path.exists(SOCK):
@@ -98,6 +109,12 @@ def start_jitlb(n):
     procs.append(p)
     for _ in range(1000):
         if "running" in open(f"{WORK}/jitlb{n}.log").read():
+            if JITD_USER:
+                # jitlb runs as root here, not as user jitlb: give its state
+                # file the group jitd reads through (jitd is in group jitlb),
+                # as a jitlb running as jitlb would create it.
+                import grp
+                os.chown(f"{WORK}/jitlb-e2e.state", -1, grp.getgrnam("jitlb").gr_gid)
             return p
         if p.poll() is not None:
             break
@@ -126,6 +143,10 @@ try:
     rc, j, _ = ctl_json("keygen", "--out", f"{WORK}/audit.key")
     check(rc == 0 and len(j.get("key_id", "")) == 16, "keygen --json names the key id")
     shutil.copy(f"{WORK}/issuer.key.pub", f"{WORK}/issuers.pub")
+    if JITD_USER:
+        # jitd's own: its working directory (socket, cmd file, state), its keys.
+        for path in (WORK, f"{WORK}/issuer.key", f"{WORK}/audit.key"):
+            os.chown(path, JITD_USER.pw_uid, JITD_USER.pw_gid)
     os.chmod(f"{WORK}/issuers.pub", 0o644)
 
     with open(f"{WORK}/policy.toml", "w") as f:
@@ -189,7 +210,7 @@ capacity = 4096
 outer_source_v4 = "10.255.0.0/16"
 [region]
 dir = "{WORK}"
-cmd_owner = "root"
+cmd_owner = "{'jitd' if JITD_USER else 'root'}"
 """)
     os.chmod(f"{WORK}/jitlb.toml", 0o644)
 
@@ -202,6 +223,15 @@ cmd_owner = "root"
 
     jitlb = start_jitlb(1) if JITLB else None
     jitd = start_jitd()
+
+    if JITD_USER and JITLB:
+        st = os.stat(f"{WORK}/jitlb-e2e.cmd")
+        check(st.st_uid == JITD_USER.pw_uid and st.st_mode & 0o777 == 0o640,
+              "jitd, running as user jitd, owns its cmd file (0640); jitlb (root) reads it")
+        maps = open(f"/proc/{jitd.pid}/maps").read()
+        state_maps = [l for l in maps.splitlines() if l.endswith("jitlb-e2e.state")]
+        check(state_maps and all(l.split()[1].startswith("r-") for l in state_maps),
+              "jitd maps jitlb's state file read-only")
 
     # status, human and JSON
     rc, out, _ = ctl("status")
