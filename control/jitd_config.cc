@@ -1,5 +1,7 @@
 #include "jitd_config.h"
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -181,6 +183,14 @@ JitdConfig parse_jitd_config(std::string_view text, const std::string& source) {
 }
 
 JitdConfig load_jitd_config(const std::string& path) {
+    // Whoever may write this file decides who is an administrator and (with an
+    // inline [policy]) who gets access: as strict as the policy file.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 022) != 0) {
+        throw ConfigError(fmt::format("{}: group or others may write it (mode {:04o}); it decides "
+                                      "who administers and who gets access: chmod go-w {}",
+                                      path, st.st_mode & 07777, path));
+    }
     std::ifstream in(path);
     if (!in) throw ConfigError(fmt::format("{}: cannot read the config file", path));
     std::stringstream ss;
