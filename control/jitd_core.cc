@@ -901,10 +901,20 @@ void Jitd::push_due_grants() {
         }
         g.state = "pushed";
         g.updated_ms = now;
-        store_->transaction([&] {
+        const auto change = [&] {
             store_->put_grant(g);
             store_->set_counter("push_sequence", push_sequence_);
-        });
+        };
+        // The first push of a grant by this jitd is audited; re-pushes (after
+        // a jitlb restart, a lost answer, a superseded renewal's retries) are
+        // summed up by the jitlb.reconcile line or repeat an audited step.
+        if (pushes_audited_.insert(g.id).second) {
+            commit({"jitd", "grant.push", g.id, "ok", "",
+                    {{"push_sequence", push_sequence_}, {"command_sequence", sent.ring.sequence}}},
+                   change);
+        } else {
+            store_->transaction(change);
+        }
     }
 }
 
