@@ -22,7 +22,7 @@ namespace {
 
 // Grant states in which the grant may be (or become) active in jitlb.
 const std::vector<std::string> kLiveGrantStates = {"scheduled", "ready", "pushed", "active",
-                                                   "superseded"};
+                                                   "superseded", "waiting"};
 const std::vector<std::string> kOpenRequestStates = {"pending"};
 
 std::string hex_of(std::span<const uint8_t> bytes) {
@@ -307,7 +307,7 @@ ordered_json Jitd::op_status(const Caller& c) {
     }
     j["jitlb"] = lb;
     ordered_json counts = ordered_json::object();
-    for (const auto& st : {"scheduled", "ready", "pushed", "active", "superseded"}) {
+    for (const auto& st : {"scheduled", "ready", "pushed", "active", "superseded", "waiting"}) {
         counts[st] = store_->grants({st}, 1'000'000).size();
     }
     j["grants"] = counts;
@@ -692,17 +692,20 @@ ordered_json Jitd::op_push(const json& req, const Caller& c) {
     return {{"grant", grant_json(*store_->grant(id))}};
 }
 
-void Jitd::push_service(const ServiceSpec& spec) {
-    if (!link_) return;
+bool Jitd::push_service(const ServiceSpec& spec) {
+    if (!link_) return false;
     for (const Message& m : {Message{service_set_of(spec)}, Message{backend_set_of(spec)}}) {
         const SendResult sent = link_->send(m);
         if (!sent.ok()) {
+            // Pushed again, with everything else, once jitlb is attached.
+            reconcile_pending_ = true;
             log(fmt::format("service {} not pushed yet ({}): it is pushed when jitlb attaches",
                             spec.name, sent.message.ok() ? std::string(ring_error_name(sent.ring.error))
                                                          : describe_message_fault(sent.message)));
-            return;
+            return false;
         }
     }
+    return true;
 }
 
 ordered_json Jitd::op_service(const json& req, const Caller& c, const std::string& op) {
@@ -851,6 +854,7 @@ std::string Jitd::reload_policy(const std::string& actor) {
 
 void Jitd::reconcile(const std::string& why) {
     if (!link_) return;
+    reconcile_pending_ = false;  // set again by any send that fails below
     log(fmt::format("reconciling with jitlb: {}", why));
     for (const ServiceRow& r : store_->services()) {
         if (auto spec = load_service(r.name)) push_service(*spec);
@@ -861,10 +865,13 @@ void Jitd::reconcile(const std::string& why) {
         if (g.not_after_ms <= now) continue;
         if (link_->send(Revoke{*parse_grant_id_hex(g.id), static_cast<uint64_t>(g.not_after_ms),
                                RevokeReason::reconcile})
-                .ok())
+                .ok()) {
             ++revocations;
+        } else {
+            reconcile_pending_ = true;
+        }
     }
-    for (GrantRow g : store_->grants({"pushed", "active", "superseded"}, 1'000'000)) {
+    for (GrantRow g : store_->grants({"pushed", "active", "superseded", "waiting"}, 1'000'000)) {
         g.state = "ready";
         store_->transaction([&] { store_->put_grant(g); });
         ++grants;
@@ -966,7 +973,7 @@ void Jitd::on_event(const DecodedMessage& event) {
             using T = std::decay_t<decltype(e)>;
             if constexpr (std::is_same_v<T, GrantActivated>) {
                 update(e.grant_id, [](GrantRow& g) {
-                    if (g.state == "pushed" || g.state == "ready" || g.state == "superseded") g.state = "active";
+                    if (g.state == "pushed" || g.state == "ready" || g.state == "superseded" || g.state == "waiting") g.state = "active";
                 }, "grant.activated", "ok", "");
             } else if constexpr (std::is_same_v<T, GrantRejected>) {
                 const auto reason = e.reason;
@@ -974,6 +981,13 @@ void Jitd::on_event(const DecodedMessage& event) {
                     if (g.state != "pushed" && g.state != "ready") return;
                     if (reason == GrantRejectReason::superseded) {
                         g.state = "superseded";  // pushed again from the retry tick
+                    } else if (reason == GrantRejectReason::unknown_service &&
+                               store_->service(g.service)) {
+                        // jitlb has not applied the service yet (it was restarting,
+                        // or the service set is still on its way): pushed again
+                        // from the retry tick, after reconcile re-sends the service.
+                        g.state = "waiting";
+                        reconcile_pending_ = true;
                     } else if (reason == GrantRejectReason::backlog_full) {
                         g.state = "ready";
                     } else {
@@ -981,7 +995,8 @@ void Jitd::on_event(const DecodedMessage& event) {
                     }
                     g.state_reason = fmt::format("{}: {}", grant_reject_reason_name(reason), e.text);
                 }, "grant.rejected", std::string(grant_reject_reason_name(reason)), e.text,
-                       reason == GrantRejectReason::superseded);
+                       reason == GrantRejectReason::superseded ||
+                           reason == GrantRejectReason::unknown_service);
             } else if constexpr (std::is_same_v<T, GrantRevoked>) {
                 const auto reason = e.reason;
                 update(e.grant_id, [&](GrantRow& g) {
@@ -1042,14 +1057,25 @@ void Jitd::tick() {
         link_->drain_events(
             1024, [&](const DecodedMessage& e) { on_event(e); },
             [&](const std::string& why) { log(why); });
+        // A new jitlb, a (re)attach, or a send that failed: everything jitlb
+        // should hold goes again, once jitlb is attached to our ring (before
+        // that, every push is refused as not_attached).
         if (s.epoch_changed) {
-            reconcile(fmt::format("jitlb epoch {:016x} (pid {})", s.epoch, s.writer_pid));
-            was_attached_ = link_->attached();
-        } else if (link_->attached() && !was_attached_) {
-            was_attached_ = true;
-            reconcile("jitlb attached to the command ring");
-        } else if (!link_->attached()) {
+            reconcile_pending_ = true;
+            reconcile_why_ = fmt::format("jitlb epoch {:016x} (pid {})", s.epoch, s.writer_pid);
+        }
+        if (!link_->attached()) {
             was_attached_ = false;
+        } else {
+            if (!was_attached_) {
+                was_attached_ = true;
+                reconcile_pending_ = true;
+                if (reconcile_why_.empty()) reconcile_why_ = "jitlb attached to the command ring";
+            }
+            if (reconcile_pending_) {
+                reconcile(reconcile_why_.empty() ? "a push that failed earlier" : reconcile_why_);
+                reconcile_why_.clear();
+            }
         }
         // Revocations the ring did not take: again until it does.
         for (auto it = unsent_revocations_.begin(); it != unsent_revocations_.end();) {
@@ -1069,7 +1095,7 @@ void Jitd::tick() {
         // Superseded renewals are pushed again until the entry they renew
         // ends; a push whose answer was lost (events dropped) is pushed again
         // (an identical re-push of a live grant is acknowledged at once).
-        for (GrantRow g : store_->grants({"superseded", "pushed"}, 1'000'000)) {
+        for (GrantRow g : store_->grants({"superseded", "waiting", "pushed"}, 1'000'000)) {
             if (g.state == "pushed" && now - g.updated_ms < kRetryMs) continue;
             g.state = "ready";
             store_->transaction([&] { store_->put_grant(g); });

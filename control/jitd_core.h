@@ -103,7 +103,7 @@ class Jitd {
                    int64_t duration_ms, const std::string& actor, const std::string& reason);
     void end_grant(GrantRow grant, const std::string& state, RevokeReason reason,
                    const std::string& actor, const std::string& why);
-    void push_service(const ServiceSpec& spec);
+    bool push_service(const ServiceSpec& spec);
     void reconcile(const std::string& why);
     void push_due_grants();
     void expire_due();
@@ -121,6 +121,8 @@ class Jitd {
     Now now_;
     int64_t started_ms_ = 0;
     bool was_attached_ = false;
+    bool reconcile_pending_ = false;  // jitlb must be sent everything again
+    std::string reconcile_why_;
     int64_t last_retry_ms_ = 0;
     int64_t push_sequence_ = 0;
     struct Bucket {

@@ -42,7 +42,7 @@ struct RequestRow {
 };
 
 // Grant states: scheduled (held until not-before - skew) -> ready (to push)
-// -> pushed -> active | rejected | superseded (pushed again later) ->
+// -> pushed -> active | rejected | superseded or waiting (pushed again later) ->
 // expired | revoked.
 struct GrantRow {
     std::string id;  // 32 hex digits
