@@ -125,9 +125,6 @@ JitdConfig parse_jitd_config(std::string_view text, const std::string& source) {
         fail(source, "socket_mode", fmt::format("'{}': write four octal digits such as \"0660\"", mode));
     }
     c.socket_mode = static_cast<mode_t>(std::stoul(mode, nullptr, 8));
-    if (c.socket_mode & 0002) {
-        // Any local user may then connect; policy still decides, so allowed, but only on purpose.
-    }
     c.socket_group = get_string(root, source, "socket_group", "");
     c.issuer_key = get_string(root, source, "issuer_key", "");
     c.audit_log = get_string(root, source, "audit_log", c.state_dir + "/audit.log");

@@ -944,7 +944,6 @@ void Jitd::expire_due() {
 }
 
 void Jitd::on_event(const DecodedMessage& event) {
-    ++events_seen_;
     const int64_t now = now_();
     const auto update = [&](const GrantId& id, const std::function<void(GrantRow&)>& change,
                             const std::string& action, const std::string& result,

@@ -133,7 +133,6 @@ class Jitd {
     int64_t denial_window_ms_ = 0;
     uint32_t denials_in_window_ = 0;
     uint64_t denials_not_logged_ = 0;
-    uint64_t events_seen_ = 0;
     std::set<std::string> unsent_revocations_;
     std::set<std::string> pushes_audited_;  // grant ids whose first push is in the audit log  // grant ids whose Revoke the ring refused
     static constexpr int64_t kRetryMs = 2'000;

@@ -44,8 +44,9 @@ class RegionLink {
     // Throws RegionError.
     explicit RegionLink(RegionLinkOptions options);
 
-    // About every 100 ms: (re)open the state file when it is missing or was
-    // re-created, and notice a new jitlb epoch.
+    // Every jitd tick (10 ms): (re)open the state file when it is missing or
+    // was re-created (checked at most once a second), and notice a new jitlb
+    // epoch.
     PeerStatus poll();
     const PeerStatus& status() const noexcept { return status_; }
 
