@@ -22,6 +22,8 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::resets_sent: return "resets_sent";
         case Counter::reset_no_buffer: return "reset_no_buffer";
         case Counter::too_big_sent: return "too_big_sent";
+        case Counter::busy_cycles: return "busy_cycles";
+        case Counter::busy_polls: return "busy_polls";
         case Counter::denial_samples_lost: return "denial_samples_lost";
         case Counter::drop_unknown_vip: return "unknown_vip";
         case Counter::drop_no_grant: return "no_grant";
@@ -53,6 +55,11 @@ uint64_t WorkerCounters::total_drops() const noexcept {
     for (size_t i = static_cast<size_t>(Counter::drop_unknown_vip); i < by_counter.size(); ++i) n += by_counter[i];
     for (size_t i = 1; i < parse_drops.size(); ++i) n += parse_drops[i];
     return n;
+}
+
+double cycles_per_packet(const WorkerCounters& c) noexcept {
+    const uint64_t packets = c.get(Counter::rx_packets);
+    return packets == 0 ? 0.0 : static_cast<double>(c.get(Counter::busy_cycles)) / static_cast<double>(packets);
 }
 
 void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept {

@@ -33,6 +33,8 @@ enum class Counter : uint16_t {
     reset_no_buffer,      // the reset towards the backend had no spare buffer
     denial_samples_lost,  // sampled denials the ring to the main lcore did not take
     too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
+    busy_cycles,          // TSC cycles of worker polls that received packets (rx to tx, all queues)
+    busy_polls,           // worker polls that received packets
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,
     drop_no_grant,
@@ -76,6 +78,10 @@ struct alignas(64) WorkerCounters {
     uint64_t get(Counter c) const noexcept { return by_counter[static_cast<size_t>(c)]; }
     uint64_t total_drops() const noexcept;
 };
+
+// Busy cycles per received packet (what `dpdk-testpmd --record-core-cycles`
+// prints for a forwarding engine): 0 before the first packet.
+double cycles_per_packet(const WorkerCounters& c) noexcept;
 
 // Adds `w` into `total` with relaxed loads (w's lcore may be writing it).
 void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept;

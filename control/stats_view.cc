@@ -65,6 +65,7 @@ ordered_json read_stats(const std::string& path, const std::string& owner) {
                                                       {"bytes", services[info.service_id].bytes}};
     }
     j["counters"] = counters;
+    j["cycles_per_packet"] = lb::cycles_per_packet(total);
     j["drops"] = drops;
     j["services"] = per_service;
     const uint64_t beat = read_heartbeat(*view.header);
@@ -83,6 +84,7 @@ int run_stats(const std::string& path, const std::string& owner, bool watch, int
         for (auto& [k, v] : s["counters"].items()) {
             if (v.get<uint64_t>() != 0) fmt::print("  {:24} {}\n", k, v.get<uint64_t>());
         }
+        fmt::print("  {:24} {:.1f}\n", "cycles_per_packet", s["cycles_per_packet"].get<double>());
         fmt::print("drops:\n");
         for (auto& [k, v] : s["drops"].items()) {
             if (v.get<uint64_t>() != 0) fmt::print("  {:24} {}\n", k, v.get<uint64_t>());
@@ -108,17 +110,20 @@ int run_stats(const std::string& path, const std::string& owner, bool watch, int
             dropped += d;
             if (d > top_n) top_n = d, top = k;
         }
+        const uint64_t rx = delta("counters", "rx_packets");
+        const double cycles = rx ? static_cast<double>(delta("counters", "busy_cycles")) / static_cast<double>(rx) : 0.0;
         if (json) {
-            std::cout << ordered_json{{"rx_pps", delta("counters", "rx_packets")},
+            std::cout << ordered_json{{"rx_pps", rx},
                                       {"tx_pps", delta("counters", "tx_packets")},
                                       {"forwarded_pps", delta("counters", "forwarded")},
-                                      {"dropped_pps", dropped}}
+                                      {"dropped_pps", dropped},
+                                      {"cycles_per_packet", cycles}}
                              .dump()
                       << std::endl;
         } else {
-            fmt::print("rx {} pps, tx {} pps, forwarded {} pps, dropped {} pps{}\n", delta("counters", "rx_packets"),
+            fmt::print("rx {} pps, tx {} pps, forwarded {} pps, dropped {} pps{}, {:.1f} busy cycles/packet\n", rx,
                        delta("counters", "tx_packets"), delta("counters", "forwarded"), dropped,
-                       top_n ? fmt::format(" (mostly {}: {})", top, top_n) : "");
+                       top_n ? fmt::format(" (mostly {}: {})", top, top_n) : "", cycles);
             std::cout.flush();
         }
         prev = cur;

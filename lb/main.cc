@@ -249,6 +249,7 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
     for (size_t i = 1; i < static_cast<size_t>(DropReason::count_); ++i)
         rte_tel_data_add_dict_u64(d, fmt::format("parse_{}", drop_reason_name(static_cast<DropReason>(i))).c_str(),
                                   total.parse_drops[i]);
+    rte_tel_data_add_dict_string(d, "cycles_per_packet", fmt::format("{:.2f}", cycles_per_packet(total)).c_str());
     return 0;
 }
 
@@ -260,6 +261,13 @@ std::string counters_json(const WorkerCounters& total, const std::vector<Service
         s += fmt::format("{}\"{}\": {}", i ? ", " : "", counter_name(static_cast<Counter>(i)), total.by_counter[i]);
     for (size_t i = 1; i < static_cast<size_t>(DropReason::count_); ++i)
         s += fmt::format(", \"parse_{}\": {}", drop_reason_name(static_cast<DropReason>(i)), total.parse_drops[i]);
+    s += fmt::format(", \"cycles_per_packet\": {:.2f}", cycles_per_packet(total));
+    const ControlStats& c = control.stats();
+    s += fmt::format(", \"control\": {{\"ticks\": {}, \"commands\": {}, \"grants_received\": {}, \"grants_verified\": {}, "
+                     "\"grants_activated\": {}, \"backlog_high_water\": {}, \"revocations\": {}, \"grants_expired\": {}, "
+                     "\"events_posted\": {}, \"events_dropped\": {}}}",
+                     c.ticks, c.commands, c.grants_received, c.grants_verified, c.grants_activated, c.backlog_high_water,
+                     c.revocations, c.grants_expired, c.events_posted, c.events_dropped);
     s += ", \"services\": {";
     bool first = true;
     for (size_t id = 1; id < services.size(); ++id) {

@@ -120,6 +120,9 @@ unsigned worker_poll(WorkerContext& w) noexcept {
     const ServiceSnapshot* snap = w.services->current();
     rte_mbuf* mbufs[kBurst];
     unsigned received = 0;
+    // Busy cycles: from before the first rx to after the last tx of a poll
+    // that received something (testpmd's --record-core-cycles, per poll).
+    const uint64_t start = rte_rdtsc();
     for (const RxQueue& q : w.queues) {
         const uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
         if (n == 0) continue;
@@ -130,6 +133,10 @@ unsigned worker_poll(WorkerContext& w) noexcept {
         // What the kernel sent through the exception port, on this worker's tx queue.
         const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(mbufs), kBurst, nullptr);
         send(*w.counters, w.from_kernel_port, static_cast<uint16_t>(w.index), mbufs, static_cast<uint16_t>(n));
+    }
+    if (received > 0) {
+        w.counters->add(Counter::busy_cycles, rte_rdtsc() - start);
+        w.counters->add(Counter::busy_polls);
     }
     w.quiescence->announce(w.index, snap->generation());
     return received;

@@ -975,6 +975,86 @@ Revoke read_revoke(FieldReader& r) {
     return revoke;
 }
 
+// A range of grants signed here, one per address from first_source up, for
+// benchmarks and scale tests (scripts/bench): {"type": "grant_range",
+// "secret": FILE, "service": NAME, "first_source": ADDR, "count": N,
+// "duration_s": S} (optional "subject", "not_before_ms"). Instead of
+// duration_s, "not_after_ms" with "step_ms": grant n ends at not_after_ms +
+// n x step_ms (staggered expiries). "first_grant_id" (32 hex digits): grant n
+// gets that id + n, so a script can revoke them without reading ids back.
+void read_grant_range(FieldReader& r, size_t index, std::vector<Message>& out) {
+    const auto secret = r.string("secret", true);
+    const auto service = r.string("service", true);
+    const auto first = r.string("first_source", true);
+    const auto count = r.integer("count", true, 1, 16u << 20);
+    const auto not_after = r.integer("not_after_ms", false, 1, UINT64_MAX / 4);
+    const auto duration_s = r.integer("duration_s", !not_after, 1, 366ull * 86400);
+    const uint64_t step_ms = r.integer("step_ms", false, 0, 86400000).value_or(0);
+    const std::string subject = r.string("subject", false).value_or("bench");
+    const auto not_before = r.integer("not_before_ms", false, 0, UINT64_MAX / 4);
+    const auto first_id = r.string("first_grant_id", false);
+    std::optional<GrantId> id_base;
+    if (first_id && !(id_base = parse_grant_id(*first_id))) r.fail("first_grant_id", "must be 32 hex digits");
+    if (not_after && duration_s) r.fail("duration_s", "give duration_s or not_after_ms, not both");
+    if (!r.clean()) return;
+    std::string error;
+    const auto base = parse_ip_prefix(*first, &error);
+    const unsigned full = base && base->family == IpVersion::v4 ? 32 : 128;
+    if (!base || base->prefix_len != full) {
+        r.fail("first_source", "must be one address (no prefix length): " + (base ? *first : error));
+        return;
+    }
+    if (!valid_service_name(*service)) {
+        r.fail("service", "a service name is 1 to 31 characters of [A-Za-z0-9._-]");
+        return;
+    }
+    std::optional<IssuerSecretKey> key;
+    if (const KeyFileError e = read_secret_key_file(*secret, key); !e.ok()) {
+        r.fail("secret", e.message);
+        return;
+    }
+    Grant grant;
+    grant.service = *service;
+    grant.subject = subject;
+    grant.not_before_ms = static_cast<int64_t>(not_before.value_or(unix_now_ms()));
+    const int64_t first_end = not_after ? static_cast<int64_t>(*not_after)
+                                        : grant.not_before_ms + static_cast<int64_t>(*duration_s) * 1000;
+    grant.source = *base;
+    for (uint64_t n = 0; n < *count; ++n) {
+        // The n-th address after first_source (carrying into higher bytes).
+        std::array<uint8_t, 16>& a = grant.source.addr;
+        a = base->addr;
+        uint64_t carry = n;
+        for (size_t i = full / 8; i-- > 0 && carry;) {
+            const uint64_t v = a[i] + (carry & 0xff);
+            a[i] = static_cast<uint8_t>(v);
+            carry = (carry >> 8) + (v >> 8);
+        }
+        if (carry != 0) {
+            r.fail("count", "runs past the last address of the family");
+            return;
+        }
+        grant.not_after_ms = first_end + static_cast<int64_t>(n * step_ms);
+        if (id_base) {
+            grant.grant_id = *id_base;
+            uint64_t add = n;
+            for (size_t i = grant.grant_id.size(); i-- > 0 && add;) {
+                const uint64_t v = grant.grant_id[i] + (add & 0xff);
+                grant.grant_id[i] = static_cast<uint8_t>(v);
+                add = (add >> 8) + (v >> 8);
+            }
+        } else {
+            grant.grant_id = random_grant_id();
+        }
+        SignedGrant bytes{};
+        if (const GrantFormatError e = sign_grant(grant, *key, bytes); e != GrantFormatError::ok) {
+            r.fail("duration_s", fmt::format("the grant is not valid: {}", grant_format_error_message(e)));
+            return;
+        }
+        out.push_back(GrantPush{index + n, std::vector<uint8_t>(bytes.begin(), bytes.end())});
+    }
+}
+
 // The commands of a script, in order: all of them, or the problems found.
 std::vector<Message> read_script(const json& script, Problems& problems) {
     std::vector<Message> messages;
@@ -982,8 +1062,8 @@ std::vector<Message> read_script(const json& script, Problems& problems) {
         problems.add("script", fmt::format("must be a list of commands (got {})", shown(script)));
         return messages;
     }
-    static const std::vector<std::string> kTypes = {"service_set", "backend_set", "grant",
-                                                    "revoke",      "key_reload",  "service_delete"};
+    static const std::vector<std::string> kTypes = {"service_set", "backend_set",    "grant",      "grant_range",
+                                                    "revoke",      "key_reload",     "service_delete"};
     for (size_t i = 0; i < script.size(); ++i) {
         const std::string path = fmt::format("script[{}]", i);
         const json& entry = script[i];
@@ -1002,6 +1082,13 @@ std::vector<Message> read_script(const json& script, Problems& problems) {
             message = read_backend_set(r);
         } else if (*type == "grant") {
             message = read_grant(r, i);
+        } else if (*type == "grant_range") {
+            std::vector<Message> range;
+            read_grant_range(r, i, range);
+            r.finish("a grant_range command");
+            if (r.clean()) messages.insert(messages.end(), std::make_move_iterator(range.begin()),
+                                           std::make_move_iterator(range.end()));
+            continue;
         } else if (*type == "revoke") {
             message = read_revoke(r);
         } else if (*type == "key_reload") {
@@ -1040,6 +1127,8 @@ struct PushOptions {
     std::string script;
     bool detached = false;
     bool restart = false;
+    bool summary = false;
+    int64_t pace_us = 0;
     int64_t wait_ms = 5000;
     CLI::Option* cmd_slots_opt = nullptr;
 };
@@ -1135,7 +1224,15 @@ int run_push(const PushOptions& o) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    const auto paced_start = Clock::now();
     for (size_t i = 0; i < messages.size(); ++i) {
+        if (o.pace_us > 0) {
+            const auto due = paced_start + std::chrono::microseconds(o.pace_us * static_cast<int64_t>(i));
+            if (due - Clock::now() > std::chrono::microseconds(200))
+                std::this_thread::sleep_until(due - std::chrono::microseconds(100));
+            while (Clock::now() < due) {
+            }
+        }
         const auto message_deadline = Clock::now() + std::chrono::milliseconds(o.wait_ms);
         SendResult sent;
         for (;;) {
@@ -1157,12 +1254,25 @@ int run_push(const PushOptions& o) {
                                       o.detached ? "" : fmt::format(" (waited {} ms)", o.wait_ms),
                                       i, messages.size()));
         }
+        if (o.summary) continue;
+        // When the command was in the ring (readable by jitlb), as Unix ns.
+        const auto written = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
         ordered_json line;
         line["index"] = i;
         line["type"] = type_name_of(messages[i]);
         line["sequence"] = sent.ring.sequence;
+        line["written_unix_ns"] = written;
+        if (const auto* g = std::get_if<GrantPush>(&messages[i]); g != nullptr && g->grant.size() == kSignedGrantSize) {
+            Grant decoded;
+            if (decode_grant_record(std::span<const uint8_t>(g->grant).first(kGrantRecordSize), decoded) ==
+                GrantFormatError::ok)
+                line["grant_id"] = grant_id_hex(decoded.grant_id);
+        }
         print_json_line(line);
     }
+    if (o.summary) print_json_line(ordered_json{{"pushed", messages.size()}});
     return 0;
 }
 
@@ -1450,6 +1560,12 @@ int main(int argc, char** argv) {
                        "at its start (jitlb, attaching later, skips them); for testing the tool");
     push_cmd->add_flag("--restart", push.restart,
                        "start a new producer epoch, as a restarted jitd does");
+    push_cmd
+        ->add_option("--pace-us", push.pace_us,
+                     "write command i at start + i x this many microseconds (a steady rate of commands)")
+        ->check(CLI::NonNegativeNumber);
+    push_cmd->add_flag("--summary", push.summary,
+                       "print one line at the end instead of one per command (large scripts)");
     push_cmd
         ->add_option("--wait-ms", push.wait_ms,
                      "how long to wait for the state file, for jitlb to attach and for room "
