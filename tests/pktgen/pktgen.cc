@@ -46,15 +46,18 @@ namespace {
 constexpr uint16_t kMaxBurst = 64;
 constexpr uint32_t kMbufsPerPort = 16384;
 
-std::atomic<bool> g_quit{false};
+std::atomic<bool> g_quit{false};  // workers leave their loop (main sets it, at the end)
+std::atomic<bool> g_stop{false};  // SIGINT / SIGTERM: end the trial now, report, exit
 
-void on_signal(int) { g_quit.store(true, std::memory_order_relaxed); }
+void on_signal(int) { g_stop.store(true, std::memory_order_relaxed); }
 
-[[noreturn]] void die(const std::string& why) {
+// Before the workers run: a setup error (exit 1) or a wrong option (exit 2).
+[[noreturn]] void die(const std::string& why, int code = 1) {
     std::fprintf(stderr, "jitlb-pktgen: %s\n", why.c_str());
     rte_eal_cleanup();
-    std::exit(1);
+    std::exit(code);
 }
+[[noreturn]] void usage(const std::string& why) { die(why, 2); }
 
 // A counter one lcore writes and others read: plain add through relaxed atomics.
 struct Count {
@@ -67,12 +70,13 @@ struct Count {
 struct alignas(64) WorkerStats {
     Count tx_granted, tx_ungranted;  // attempted: written into an mbuf and given to tx_burst
     Count tx_sent, tx_refused, tx_bytes, tx_nombuf;
+    Count tx_ungranted_sent;  // of tx_sent
     Count rx_frames, rx_bytes;
     std::array<Count, static_cast<size_t>(RxVerdict::count_)> verdicts;
     Count late;  // frames after the trial was collected (not in any figure)
     void reset() noexcept {
-        for (Count* c : {&tx_granted, &tx_ungranted, &tx_sent, &tx_refused, &tx_bytes, &tx_nombuf, &rx_frames,
-                         &rx_bytes, &late})
+        for (Count* c : {&tx_granted, &tx_ungranted, &tx_sent, &tx_refused, &tx_bytes, &tx_nombuf, &tx_ungranted_sent,
+                         &rx_frames, &rx_bytes, &late})
             c->reset();
         for (Count& c : verdicts) c.reset();
     }
@@ -145,20 +149,25 @@ void tx_once(Worker& w, const TrialParams& p, size_t& cursor, uint64_t& pkt_coun
         }
         const uint32_t stamp = static_cast<uint32_t>(now);
         uint64_t granted = 0, bytes = 0;
+        bool granted_flag[kMaxBurst];
         const std::vector<uint8_t>& pattern = s.config.size_pattern;
         for (uint16_t i = 0; i < n; ++i) {
             const uint32_t flow = s.order[cursor];
             cursor += w.count;
-            if (cursor >= s.order.size()) cursor = w.index;
+            if (cursor >= s.order.size()) cursor = w.index % s.order.size();
             const size_t size_i = p.size_index != 255 ? p.size_index : pattern[pkt_counter++ % pattern.size()];
             const Template& t = s.templates[size_t{flow} * s.n_sizes + size_i];
             write_frame(t, rte_pktmbuf_mtod(m[i], uint8_t*), ++w.tx_seq[flow], stamp);
             m[i]->data_len = t.len;
             m[i]->pkt_len = t.len;
-            granted += s.flows[flow].granted;
+            granted_flag[i] = s.flows[flow].granted;
+            granted += granted_flag[i];
             bytes += t.len + 4u;
         }
         const uint16_t sent = rte_eth_tx_burst(port, 0, m, n);
+        uint64_t ungranted_sent = 0;
+        for (uint16_t i = 0; i < sent; ++i) ungranted_sent += !granted_flag[i];
+        w.stats.tx_ungranted_sent.add(ungranted_sent);
         if (sent < n) {
             for (uint16_t i = sent; i < n; ++i) bytes -= m[i]->pkt_len + 4u;
             rte_pktmbuf_free_bulk(m + sent, n - sent);
@@ -205,7 +214,7 @@ int worker_main(void* arg) {
     Shared& s = *w.shared;
     uint64_t my_trial = 0;
     bool running = false, counting = false;
-    size_t cursor = w.index;
+    size_t cursor = w.index % s.order.size();
     uint64_t pkt_counter = 0;
     double next_tsc = 0, cpp = 0;
     TrialParams p;
@@ -215,7 +224,7 @@ int worker_main(void* arg) {
             my_trial = t;
             p = s.params;
             worker_reset(w);
-            cursor = w.index;
+            cursor = w.index % s.order.size();
             const double share = p.rate_pps / static_cast<double>(w.count);
             cpp = share > 0 ? static_cast<double>(s.hz) / share : 0;
             w.tx_start_tsc = rte_rdtsc();
@@ -249,6 +258,7 @@ int worker_main(void* arg) {
 
 struct Totals {
     uint64_t tx_granted = 0, tx_ungranted = 0, tx_sent = 0, tx_refused = 0, tx_bytes = 0, tx_nombuf = 0;
+    uint64_t tx_ungranted_sent = 0;
     uint64_t rx_frames = 0, rx_bytes = 0;
     std::array<uint64_t, static_cast<size_t>(RxVerdict::count_)> verdicts{};
     uint64_t attempted() const { return tx_granted + tx_ungranted; }
@@ -267,6 +277,7 @@ Totals sum(const std::vector<std::unique_ptr<Worker>>& workers) {
         t.tx_refused += s.tx_refused.get();
         t.tx_bytes += s.tx_bytes.get();
         t.tx_nombuf += s.tx_nombuf.get();
+        t.tx_ungranted_sent += s.tx_ungranted_sent.get();
         t.rx_frames += s.rx_frames.get();
         t.rx_bytes += s.rx_bytes.get();
         for (size_t k = 0; k < t.verdicts.size(); ++k) t.verdicts[k] += s.verdicts[k].get();
@@ -313,7 +324,7 @@ struct Runner {
         const uint64_t id = s.trial.load(std::memory_order_relaxed) + 1;
         s.trial.store(id, std::memory_order_release);
         for (auto& w : workers)
-            while (w->ack.load(std::memory_order_acquire) != id && !g_quit.load()) sleep_ms(0.1);
+            while (w->ack.load(std::memory_order_acquire) != id) sleep_ms(0.1);
         // A line per second while TX runs.
         Totals prev{};
         auto last = std::chrono::steady_clock::now();
@@ -322,7 +333,7 @@ struct Runner {
             bool finished = true;
             for (auto& w : workers) finished = finished && w->tx_finished.load(std::memory_order_acquire);
             if (finished) break;
-            if (g_quit.load()) s.stop_tx.store(true);
+            if (g_stop.load()) s.stop_tx.store(true);  // the workers end TX and report it
             sleep_ms(1);
             const auto now = std::chrono::steady_clock::now();
             if (live && now - last >= std::chrono::seconds(1)) {
@@ -353,7 +364,7 @@ struct Runner {
         }
         s.collect.store(id, std::memory_order_release);
         for (auto& w : workers)
-            while (w->done.load(std::memory_order_acquire) != id && !g_quit.load()) sleep_ms(0.1);
+            while (w->done.load(std::memory_order_acquire) != id) sleep_ms(0.1);
         TrialResult r;
         r.params = p;
         r.totals = sum(workers);
@@ -397,6 +408,7 @@ ordered_json trial_json(const TrialResult& r, const Shared& s) {
             {"tx_ungranted", r.totals.tx_ungranted},
             {"tx_sent", r.totals.tx_sent},
             {"tx_refused", r.totals.tx_refused},
+            {"tx_ungranted_sent", r.totals.tx_ungranted_sent},
             {"tx_nombuf", r.totals.tx_nombuf},
             {"rx_frames", r.totals.rx_frames},
             {"delivered", r.totals.delivered()},
@@ -487,7 +499,7 @@ int main(int argc, char** argv) {
     app.add_option("--trial-s", trial_s, "seconds per search trial")->capture_default_str();
     app.add_option("--pdr-loss", pdr_loss, "loss ratio the PDR allows")->capture_default_str();
     app.add_option("--resolution", resolution, "search stops when hi - lo < this x hi")->capture_default_str();
-    app.add_option("--max-iterations", max_iterations, "search trials per rate at most")->capture_default_str();
+    app.add_option("--max-iterations", max_iterations, "trials per NDR or PDR search (per frame size) at most")->capture_default_str();
     app.add_option("--latency-at", latency_at, "after the search: a run at these fractions of the PDR, e.g. 0.5,0.9");
     app.add_option("--json", json_path, "write the report here");
     app.add_flag("--per-source", per_source, "report each granted source's first and last frame back (Unix ns)");
@@ -509,61 +521,62 @@ int main(int argc, char** argv) {
     TrafficConfig& c = s.config;
     c.seed = seed;
     if (!traffic_file.empty()) {
-        if (const std::string e = load_traffic_file(traffic_file, c); !e.empty()) die(e);
+        if (const std::string e = load_traffic_file(traffic_file, c); !e.empty()) usage(e);
+        if (app.count("--seed") > 0) c.seed = seed;  // the command line wins, as for sizes and MACs
     } else {
         ServiceTraffic svc;
         const auto a = parse_address(vip);
-        if (!a) die(vip.empty() ? "give --vip ADDR (or --traffic FILE)" : fmt::format("--vip {}: not an address", vip));
+        if (!a) usage(vip.empty() ? "give --vip ADDR (or --traffic FILE)" : fmt::format("--vip {}: not an address", vip));
         svc.vip = *a;
         svc.port = port_num;
-        if (proto != "tcp" && proto != "udp") die("--proto: tcp or udp");
+        if (proto != "tcp" && proto != "udp") usage("--proto: tcp or udp");
         svc.tcp = proto == "tcp";
         const auto e = expect_by_name(expect);
-        if (!e) die("--expect: ipip, gue, l2dsr or reflect");
+        if (!e) usage("--expect: ipip, gue, l2dsr or reflect");
         svc.expect = *e;
         svc.gue_port = gue_port;
         for (size_t pos = 0; !backends.empty() && pos <= backends.size();) {
             const size_t comma = std::min(backends.find(',', pos), backends.size());
             const auto b = parse_address(backends.substr(pos, comma - pos));
-            if (!b) die(fmt::format("--backends: '{}' is not an address", backends.substr(pos, comma - pos)));
+            if (!b) usage(fmt::format("--backends: '{}' is not an address", backends.substr(pos, comma - pos)));
             svc.backends.push_back(*b);
             pos = comma + 1;
         }
         for (size_t pos = 0; !backend_macs.empty() && pos <= backend_macs.size();) {
             const size_t comma = std::min(backend_macs.find(',', pos), backend_macs.size());
             const auto m = parse_mac(backend_macs.substr(pos, comma - pos));
-            if (!m) die(fmt::format("--backend-macs: '{}' is not a MAC", backend_macs.substr(pos, comma - pos)));
+            if (!m) usage(fmt::format("--backend-macs: '{}' is not a MAC", backend_macs.substr(pos, comma - pos)));
             svc.backend_macs.push_back(*m);
             pos = comma + 1;
         }
         const auto gb = parse_address(granted_base), ub = parse_address(ungranted_base);
-        if (!gb || !ub) die("--granted-base / --ungranted-base: not an address");
+        if (!gb || !ub) usage("--granted-base / --ungranted-base: not an address");
         svc.granted = {*gb, granted};
         svc.ungranted = {*ub, ungranted};
         svc.flows_per_source = flows_per_source;
         c.services.push_back(svc);
     }
     if (app.count("--sizes") > 0 || traffic_file.empty())
-        if (const std::string e = set_sizes(c, sizes); !e.empty()) die("--sizes: " + e);
+        if (const std::string e = set_sizes(c, sizes); !e.empty()) usage("--sizes: " + e);
     if (!src_mac.empty()) {
         const auto m = parse_mac(src_mac);
-        if (!m) die("--src-mac: not a MAC");
+        if (!m) usage("--src-mac: not a MAC");
         c.src_mac = *m;
     }
     if (!dst_mac.empty()) {
         const auto m = parse_mac(dst_mac);
-        if (!m) die("--dst-mac: not a MAC");
+        if (!m) usage("--dst-mac: not a MAC");
         c.dst_mac = *m;
     }
-    if (const std::string e = check_config(c); !e.empty()) die(e);
-    if (burst < 1 || burst > kMaxBurst) die("--burst: 1..64");
+    if (const std::string e = check_config(c); !e.empty()) usage(e);
+    if (burst < 1 || burst > kMaxBurst) usage("--burst: 1..64");
     s.burst = burst;
     double rate_pps = 0;
-    if (!parse_rate(rate, rate_pps)) die(fmt::format("--rate {}: give max or a packet rate (2500000, 2.5M, 800k)", rate));
+    if (!parse_rate(rate, rate_pps)) usage(fmt::format("--rate {}: give max or a packet rate (2500000, 2.5M, 800k)", rate));
     bool want_ndr = false, want_pdr = false;
     if (!search.empty()) {
         if (search != "ndr" && search != "pdr" && search != "ndr,pdr" && search != "pdr,ndr")
-            die("--search: ndr, pdr or ndr,pdr");
+            usage("--search: ndr, pdr or ndr,pdr");
         want_ndr = search.find("ndr") != std::string::npos;
         want_pdr = search.find("pdr") != std::string::npos;
     }
@@ -576,14 +589,14 @@ int main(int argc, char** argv) {
         } catch (const std::exception&) {
             f = -1;
         }
-        if (!(f > 0 && f <= 1)) die("--latency-at: fractions in (0, 1], e.g. 0.5,0.9");
+        if (!(f > 0 && f <= 1)) usage("--latency-at: fractions in (0, 1], e.g. 0.5,0.9");
         latency_fractions.push_back(f);
         pos = comma + 1;
     }
-    if (!latency_fractions.empty() && !want_pdr) die("--latency-at needs --search with pdr");
+    if (!latency_fractions.empty() && !want_pdr) usage("--latency-at needs --search with pdr");
 
     const uint16_t n_ports = rte_eth_dev_count_avail();
-    if (n_ports == 0) die("no port: give one with --vdev (e.g. net_memif0,role=client,socket=/run/x.sock,socket-abstract=no)");
+    if (n_ports == 0) die("no port: give one with --vdev (e.g. net_memif0,role=server,socket=/run/x.sock,socket-abstract=no) or -a PCI");
     std::vector<unsigned> lcores;
     unsigned lc;
     RTE_LCORE_FOREACH_WORKER(lc) lcores.push_back(lc);
@@ -651,7 +664,7 @@ int main(int argc, char** argv) {
             rte_eth_link link{};
             rte_eth_link_get_nowait(port, &link);
             if (link.link_status == RTE_ETH_LINK_UP) break;
-            if (std::chrono::steady_clock::now() > link_deadline || g_quit.load())
+            if (std::chrono::steady_clock::now() > link_deadline || g_stop.load())
                 die(fmt::format("port {}: link down after {} s (is the peer running?)", port, link_wait_s));
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
@@ -679,7 +692,11 @@ int main(int argc, char** argv) {
     report["burst"] = burst;
     report["tsc_hz"] = s.hz;
     bool bad = false;
-    if (warmup_s > 0 && !g_quit.load()) runner.trial({rate_pps, warmup_s, 255}, "warmup");
+    if (warmup_s > 0 && !g_stop.load()) {
+        const TrialResult w = runner.trial({rate_pps, warmup_s, 255}, "warmup");
+        report["warmup"] = trial_json(w, s);
+        bad = w.errors() > 0;  // a frame that must not come back counts in the warm-up too
+    }
     if (search.empty()) {
         const TrialResult r = runner.trial({rate_pps, duration_s, 255}, "run");
         print_trial(r, "run");
@@ -688,9 +705,16 @@ int main(int argc, char** argv) {
         if (per_source) {
             // Per granted source: its first and last frame back, over its flows.
             ordered_json sources = ordered_json::array();
+            // TSC -> Unix time by the two readings at start and now: the TSC
+            // rate DPDK estimated at start may be off by 0.1%, 1 ms in a second.
+            const uint64_t tsc1 = rte_rdtsc();
+            const int64_t unix1_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count();
+            const double ns_per_tick = static_cast<double>(unix1_ns - unix0_ns) / static_cast<double>(tsc1 - tsc0);
+            report["tsc_hz_measured"] = 1e9 / ns_per_tick;
             const auto to_unix = [&](uint64_t tsc) {
-                return unix0_ns + static_cast<int64_t>(static_cast<double>(static_cast<int64_t>(tsc - tsc0)) * 1e9 /
-                                                       static_cast<double>(s.hz));
+                return unix0_ns + static_cast<int64_t>(static_cast<double>(static_cast<int64_t>(tsc - tsc0)) * ns_per_tick);
             };
             for (size_t f = 0; f < s.flows.size();) {
                 const Flow& first = s.flows[f];
@@ -716,7 +740,7 @@ int main(int argc, char** argv) {
         }
     } else {
         ordered_json results = ordered_json::array();
-        for (size_t si = 0; si < c.sizes.size() && !g_quit.load(); ++si) {
+        for (size_t si = 0; si < c.sizes.size() && !g_stop.load(); ++si) {
             const uint8_t idx = static_cast<uint8_t>(si);
             ordered_json one;
             one["frame_size"] = c.sizes[si];
@@ -731,13 +755,14 @@ int main(int argc, char** argv) {
             one["max_trial"] = trial_json(top, s);
             const auto find = [&](double allowed, double lo, const char* name) {
                 double hi = capacity;
-                double best = 0;
-                ordered_json best_trial;
+                // The lower bound passed already (the NDR passes any PDR test).
+                double best = lo;
+                ordered_json best_trial = lo > 0 && one.contains("ndr_trial") ? one["ndr_trial"] : ordered_json();
                 if (top.loss() <= allowed) {
                     best = capacity;
                     best_trial = trial_json(top, s);
                 } else {
-                    for (unsigned it = 0; it < max_iterations && hi - lo > resolution * hi && !g_quit.load(); ++it) {
+                    for (unsigned it = 0; it < max_iterations && hi - lo > resolution * hi && !g_stop.load(); ++it) {
                         const double mid = (lo + hi) / 2;
                         const TrialResult r = runner.trial({mid, trial_s, idx}, fmt::format("{} {} {:.3f}M", label, name, mid / 1e6));
                         print_trial(r, fmt::format("{} {} trial at {:.3f} Mpps", label, name, mid / 1e6));
@@ -771,7 +796,7 @@ int main(int argc, char** argv) {
                 one["pdr_trial"] = t;
                 ordered_json lat = ordered_json::array();
                 for (double f : latency_fractions) {
-                    if (v <= 0 || g_quit.load()) break;
+                    if (v <= 0 || g_stop.load()) break;
                     const TrialResult r = runner.trial({v * f, trial_s, idx}, fmt::format("{} latency {:.0f}%", label, f * 100));
                     print_trial(r, fmt::format("{} latency at {:.0f}% of PDR", label, f * 100));
                     bad = bad || r.errors() > 0;
@@ -795,12 +820,16 @@ int main(int argc, char** argv) {
         std::ofstream out(tmp);
         out << report.dump(2) << "\n";
         out.close();
-        if (!out || std::rename(tmp.c_str(), json_path.c_str()) != 0) die(fmt::format("cannot write {}", json_path));
+        if (!out || std::rename(tmp.c_str(), json_path.c_str()) != 0) {
+            g_quit.store(true);
+            rte_eal_mp_wait_lcore();
+            die(fmt::format("cannot write {}", json_path));
+        }
     }
     // The link stays up (frames are received and freed, not counted) until
     // SIGINT/SIGTERM or --linger-s: a peer can stop before the link goes.
     const auto linger_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(linger_s);
-    while (!g_quit.load() && std::chrono::steady_clock::now() < linger_end)
+    while (!g_stop.load() && std::chrono::steady_clock::now() < linger_end)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     g_quit.store(true);
     rte_eal_mp_wait_lcore();

@@ -241,6 +241,16 @@ TEST_CASE("what comes back through IP-in-IP, GUE, L2 DSR or a reflector is class
         Setup r(one_service("192.0.2.100", false, Expect::reflect, 64));
         CHECK(r.check(r.frame(0, 1, 1)).verdict == RxVerdict::ok);
     }
+    SECTION("trailing bytes a NIC adds after the IP packet (padding) are not part of it") {
+        Setup s(one_service("192.0.2.100", false, Expect::reflect, 64));
+        auto f = s.frame(1, 1, 1);
+        f.insert(f.end(), 6, 0);
+        CHECK(s.check(f).verdict == RxVerdict::ok);
+        auto g = s.frame(1, 2, 1);
+        g[16] = 0;  // IPv4 total length claims more than the frame holds
+        g[17] = 200;
+        CHECK(s.check(g).verdict == RxVerdict::corrupted);
+    }
     SECTION("frames that are not ours are foreign") {
         Setup s(one_service("192.0.2.100", true, Expect::ipip, 64));
         std::vector<uint8_t> arp(60, 0);

@@ -117,6 +117,7 @@ std::string set_sizes(TrafficConfig& c, std::string_view text) {
         for (char ch : item) v = v * 10 + static_cast<uint32_t>(ch - '0');
         if (v < 64 || v > 9018) return fmt::format("frame size {} is outside 64..9018", v);
         sizes.push_back(v);
+        if (sizes.size() > 16) return "at most 16 frame sizes";
         pos = comma + 1;
     }
     c.sizes = sizes;
@@ -430,16 +431,18 @@ RxResult RxChecker::check(const uint8_t* frame, uint32_t len, std::span<FlowRx> 
     }
     if (len < inner + 20) return r;
     const uint8_t* l3 = frame + inner;
-    const uint32_t l3_len = len - inner;
-    uint32_t l4, proto;
+    const uint32_t room = len - inner;
+    // The packet's own length: a NIC may pad a short frame to 60 bytes.
+    uint32_t l4, proto, l3_len;
     if ((l3[0] >> 4) == 4) {
         if ((l3[0] & 15) != 5) return r;
-        l4 = 20, proto = l3[9];
-    } else if ((l3[0] >> 4) == 6 && l3_len >= 40) {
-        l4 = 40, proto = l3[6];
+        l4 = 20, proto = l3[9], l3_len = get_u16(l3 + 2);
+    } else if ((l3[0] >> 4) == 6 && room >= 40) {
+        l4 = 40, proto = l3[6], l3_len = 40u + get_u16(l3 + 4);
     } else {
         return r;
     }
+    if (l3_len > room) l3_len = room;  // a lying length: the template comparison finds it
     if (proto != 6 && proto != 17) return r;
     const uint32_t flow_off = l4 + (proto == 6 ? 20 : 8);
     if (l3_len < flow_off + 4) return r;
@@ -574,6 +577,8 @@ std::string load_traffic_file(const std::string& path, TrafficConfig& c) {
             std::string text;
             if (n->is_string()) {
                 text = n->as_string()->get();
+            } else if (n->is_integer()) {
+                text = std::to_string(n->as_integer()->get());
             } else if (n->is_array()) {
                 for (const toml::node& e : *n->as_array()) {
                     if (!e.is_integer()) throw FileError{fmt::format("{}sizes: expected integers", where)};

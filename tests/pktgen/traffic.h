@@ -2,7 +2,7 @@
 // templates, what the TX path writes into a template (a sequence number and a
 // timestamp, and the L4 checksum they change), the checks on what comes back,
 // and the latency histogram. pktgen.cc moves these bytes through DPDK ports;
-// the unit tests (tests/unit/test_pktgen_traffic.cc) drive them directly.
+// the unit tests (tests/pktgen/test_traffic.cc) drive them directly.
 //
 // A frame size counts the 4-byte FCS, as RFC 2544 does: a 64-byte frame is 60
 // bytes in the mbuf. Every frame carries a stamp in its L4 part:
@@ -61,7 +61,7 @@ struct TrafficConfig {
     Mac src_mac{0x02, 0, 0, 0, 0x0a, 0x01};  // the generator's
     Mac dst_mac{0x02, 0, 0, 0, 0x0b, 0x01};  // the device under test's
     std::vector<ServiceTraffic> services;
-    std::vector<uint32_t> sizes{64};      // frame sizes with FCS, 64..1518 (9018 with jumbo mbufs)
+    std::vector<uint32_t> sizes{64};      // frame sizes with FCS, 64..9018 (the port's MTU is not raised: >1518 untested)
     std::vector<uint8_t> size_pattern{0};  // indices into sizes, one per packet in turn (IMIX)
     uint64_t seed = 1;                    // the order flows take turns in
 };
