@@ -111,7 +111,7 @@ EncapError write_encap_headers(std::span<uint8_t> headers, std::span<const uint8
         store_be16(ip + 10, 0);
         std::memcpy(ip + 12, src.bytes.data(), 4);
         std::memcpy(ip + 16, backend.bytes.data(), 4);
-        store_be16(ip + 10, static_cast<uint16_t>(~ones_complement_sum({ip, kIpv4Len})));
+        store_be16(ip + 10, static_cast<uint16_t>(~ipv4_header_sum(ip)));
         udp = ip + kIpv4Len;
     } else {
         if (udp_len > 0xffff) return EncapError::too_long;

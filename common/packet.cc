@@ -259,7 +259,8 @@ DropReason parse_ipv4(std::span<const uint8_t> frame, size_t off, ParsedPacket& 
     const size_t total = load_be16(&rest[2]);
     if (total < ihl) return DropReason::ipv4_bad_total_length;
     if (total > rest.size()) return DropReason::truncated;
-    if (ones_complement_sum(rest.first(ihl)) != 0xffff) return DropReason::ipv4_bad_checksum;
+    if ((ihl == 20 ? ipv4_header_sum(rest.data()) : ones_complement_sum(rest.first(ihl))) != 0xffff)
+        return DropReason::ipv4_bad_checksum;
 
     const uint16_t frag = load_be16(&rest[6]);
     const bool more = (frag & 0x2000) != 0;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string_view>
 
@@ -88,5 +89,21 @@ DropReason parse_ip_packet(std::span<const uint8_t> packet, ParsedPacket& out) n
 
 // RFC 1071 ones' complement sum over `bytes`, folded, not inverted.
 uint16_t ones_complement_sum(std::span<const uint8_t> bytes, uint32_t initial = 0) noexcept;
+
+// The same for a 20-byte IPv4 header (no options), inline: the per-packet case
+// (the parser's check, the outer header of IP-in-IP).
+inline uint16_t ipv4_header_sum(const uint8_t* header) noexcept {
+    uint64_t sum = 0;
+    for (int i = 0; i < 20; i += 4) {
+        uint32_t word;
+        std::memcpy(&word, header + i, 4);
+        sum += word;
+    }
+    sum = (sum & 0xffffffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return static_cast<uint16_t>((sum >> 8) | (sum << 8));  // native order was summed: swap once
+}
 
 }  // namespace jitlb

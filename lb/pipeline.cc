@@ -340,7 +340,7 @@ uint32_t write_rst(uint8_t* ip, IpVersion v, const uint8_t* src, const uint8_t* 
         store_be16(ip + 10, 0);
         std::memcpy(ip + 12, src, 4);
         std::memcpy(ip + 16, dst, 4);
-        store_be16(ip + 10, static_cast<uint16_t>(~ones_complement_sum({ip, 20})));
+        store_be16(ip + 10, static_cast<uint16_t>(~ipv4_header_sum(ip)));
         for (int i = 12; i < 20; i += 2) pseudo += load_be16(ip + i);
     } else {
         store_be32(ip, 0x60000000);
@@ -533,6 +533,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     const Service* service_of[kBurst];
     LookupKey keys[kBurst];
     LookupResult results[kBurst];
+    uint64_t hashes[kBurst];  // flow hashes of the pending packets
     uint8_t pending[kBurst];
     size_t n_pending = 0;
 
@@ -622,13 +623,20 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             counters_.add(Counter::drop_service_down);
             continue;
         }
-        if (p.icmp_error && p.icmp_mtu != 0 &&
+        // By type, not by a non-zero MTU: a frag-needed advertising 0 (RFC 1191's "old
+        // router") would also lower the client's path MTU to the host's floor.
+        const bool too_big_msg =
+            f.version == IpVersion::v6 ? p.icmp_type == 2 : (p.icmp_type == 3 && p.icmp_code == 4);
+        if (p.icmp_error && too_big_msg &&
             p.icmp_mtu < (f.version == IpVersion::v6 ? 1280u : 576u)) {
             counters_.add(Counter::drop_icmp_mtu_too_small);
             continue;
         }
         service_of[i] = svc;
         keys[n_pending] = LookupKey::from_flow(f, svc->id);
+        // Stage 3 looks the flow up in the connection table: start the load now.
+        hashes[n_pending] = flow_hash(f, node_.flow_hash_seed);
+        conns_.prefetch(hashes[n_pending]);
         pending[n_pending++] = static_cast<uint8_t>(i);
     }
 
@@ -660,7 +668,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             // A tracked TCP flow whose grant ended: reset both ends.
             if (p.flow.proto == 6 && !p.icmp_error && (p.tcp_flags & kTcpRst) == 0 &&
                 results[k].kind != LookupKind::busy) {
-                const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
+                const uint64_t hash = hashes[k];
                 ConnTable::Entry* e = conns_.find(p.flow, hash, now);
                 if (e != nullptr && e->service_id == svc.id &&
                     (e->last_reset == 0 || now - e->last_reset >= reset_interval_)) {
@@ -675,7 +683,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             }
             continue;
         }
-        const uint64_t hash = flow_hash(p.flow, node_.flow_hash_seed);
+        const uint64_t hash = hashes[k];
         uint32_t backend = 0;
         ConnTable::Entry* e = conns_.find(p.flow, hash, now);
         if (e != nullptr && e->service_id == svc.id) {

@@ -17,7 +17,7 @@
 // (scripts/bench) add on top of "pipeline".
 //
 // usage: bench_pipeline [--grants N] [--flows N] [--bursts N] [--json FILE]
-// (--bursts 2000 under valgrind --tool=callgrind gives instructions per stage)
+//                       [--pipeline-only] (only the whole pipeline, for perf record)
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -97,6 +97,7 @@ struct Args {
     uint64_t grants = 1000;
     uint64_t flows = 10000;
     uint64_t bursts = 0;  // per measurement; 0: enough for a stable figure
+    bool pipeline_only = false;  // for a profiler: only the whole pipeline, long
     std::string json;
 };
 
@@ -106,8 +107,12 @@ int main(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
         const std::string k = argv[i];
+        if (k == "--pipeline-only") {
+            a.pipeline_only = true;
+            continue;
+        }
         if (i + 1 >= argc) {
-            std::fprintf(stderr, "usage: bench_pipeline [--grants N] [--flows N] [--json FILE]\n");
+            std::fprintf(stderr, "usage: bench_pipeline [--grants N] [--flows N] [--bursts N] [--json FILE] [--pipeline-only]\n");
             return 2;
         }
         if (k == "--grants") a.grants = std::strtoull(argv[++i], nullptr, 10);
@@ -267,6 +272,11 @@ int main(int argc, char** argv) {
         }
         return best;
     };
+    if (a.pipeline_only) {
+        const double c = measure([&] { restore(); full(); });
+        std::printf("bench_pipeline: restore + pipeline %.1f TSC cycles per packet\n", c);
+        return 0;
+    }
     const double c_restore = measure([&] { restore(); });
     const double c_parse = measure([&] { restore(); parse(); });
     const double c_grant = measure([&] { restore(); parse(); grant(); });

@@ -346,4 +346,14 @@ TEST_CASE("ones_complement_sum matches a plain 16-bit big-endian sum", "[packet]
         CHECK(ones_complement_sum(b, 0x1fffe) == reference(b, 0x1fffe));
         b.push_back(static_cast<uint8_t>(0xff - n * 7));
     }
+    // The inline 20-byte form, on headers of all-ones, all-zeros and mixed words
+    // (carries across every fold).
+    for (int fill : {0x00, 0xff, 0x80, 0x7f}) {
+        for (int k = 0; k < 64; ++k) {
+            Bytes h(20, static_cast<uint8_t>(fill));
+            for (size_t i = 0; i < 20; ++i) h[i] = static_cast<uint8_t>(h[i] ^ ((i * 37 + static_cast<size_t>(k) * 11) & 0xff) * (k & 1));
+            INFO("fill " << fill << " variant " << k);
+            CHECK(ipv4_header_sum(h.data()) == reference(h, 0));
+        }
+    }
 }
