@@ -191,6 +191,8 @@ def flow_of(frame):
     ip, _ = l3_of(frame)
     l4 = ip.payload
     while not isinstance(l4, (TCP, UDP)):
+        if not l4:  # scapy's NoPayload is its own payload: a frame it does not dissect to L4
+            raise ValueError(f"no TCP or UDP header scapy can find in {frame.summary()}")
         l4 = l4.payload
     proto = 6 if isinstance(l4, TCP) else 17
     return (ip.src, ip.dst, l4.sport, l4.dport, proto)
