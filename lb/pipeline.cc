@@ -414,7 +414,8 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
       reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
       too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second),
       denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second),
-      echo_limiter_(kEchoPerSecond, kEchoBurst, node.ticks_per_second) {}
+      echo_limiter_(kEchoPerSecond, kEchoBurst, node.ticks_per_second),
+      icmp_error_limiter_(kIcmpErrorsPerSecond, kIcmpErrorBurst, node.ticks_per_second) {}
 
 // Every denial counts towards its reason; a few per second are sampled with
 // the count since the last sample, so the audit log shows who knocked.
@@ -632,6 +633,15 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             counters_.add(Counter::drop_icmp_mtu_too_small);
             continue;
         }
+        // An error about a flow of ours is sent to the VIP it quotes as its
+        // source; one sent elsewhere is not about that flow: it would carry a
+        // packet for an arbitrary address into the backends' network.
+        if (p.icmp_error &&
+            std::memcmp(pkt.data + p.l3_offset + (f.version == IpVersion::v6 ? 24 : 16), f.dst.data(),
+                        f.version == IpVersion::v6 ? 16 : 4) != 0) {
+            counters_.add(Counter::drop_icmp_not_allowed);
+            continue;
+        }
         service_of[i] = svc;
         keys[n_pending] = LookupKey::from_flow(f, svc->id);
         // Stage 3 looks the flow up in the connection table: start the load now.
@@ -681,6 +691,13 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                     }
                 }
             }
+            continue;
+        }
+        // ICMP errors about a granted flow, per worker at most kIcmpErrorsPerSecond
+        // (after the grant check, so that errors about flows without a grant
+        // cannot use up the budget).
+        if (p.icmp_error && !icmp_error_limiter_.take(now)) {
+            counters_.add(Counter::drop_icmp_rate_limited);
             continue;
         }
         const uint64_t hash = hashes[k];

@@ -147,6 +147,8 @@ inline constexpr uint32_t kTooBigPerSecond = 1000;  // per worker
 inline constexpr uint32_t kTooBigBurst = 50;
 inline constexpr uint32_t kEchoPerSecond = 1000;  // echo replies per worker
 inline constexpr uint32_t kEchoBurst = 100;
+inline constexpr uint32_t kIcmpErrorsPerSecond = 1000;  // ICMP errors forwarded, per worker
+inline constexpr uint32_t kIcmpErrorBurst = 100;
 inline constexpr uint32_t kDenialSamplesPerSecond = 100;  // per worker
 inline constexpr uint32_t kDenialSampleBurst = 8;
 inline constexpr size_t kMaxDenialSamplesPerBurst = 8;
@@ -199,6 +201,7 @@ class Pipeline {
     TokenBucket too_big_limiter_;
     TokenBucket denial_limiter_;
     TokenBucket echo_limiter_;
+    TokenBucket icmp_error_limiter_;  // ICMP errors forwarded to backends
     std::array<uint64_t, 8> denials_since_sample_{};  // by DenialReason
     std::array<DenialSample, kMaxDenialSamplesPerBurst> samples_{};
     size_t n_samples_ = 0;

@@ -686,8 +686,8 @@ def icmp_cases():
              ipip("web", flow=FLOW4_UDP)),
         Case("6 IPv4 host unreachable about C4's flow, sent by an ungranted client (the quoted flow's client's "
              "grant decides)", [icmp4_error(3, 1, outer_src=C4_NONE)], ipip("web", flow=FLOW4)),
-        Case("6 IPv4 host unreachable about C4's flow, sent to an address that is not the VIP (the outer "
-             "destination is not checked)", [icmp4_error(3, 1, outer_dst="192.0.2.200")], ipip("web", flow=FLOW4)),
+        Case("6 IPv4 host unreachable about C4's flow, sent to an address that is not the VIP it quotes",
+             [icmp4_error(3, 1, outer_dst="192.0.2.200")], drop("icmp_not_allowed")),
         Case("6 IPv4 host unreachable with 1 in its unused field (not a frag-needed): no MTU to check",
              [icmp4_error(3, 1, mtu=1)], ipip("web", flow=FLOW4)),
         Case("6 IPv4 errors (unreachable, time exceeded, frag-needed 1400) about an ungranted client's flow",

@@ -1421,3 +1421,38 @@ TEST_CASE("an echo request to a VIP is answered only when its service answers ec
         CHECK(n.get(Counter::drop_icmp_rate_limited) == 300 - kEchoBurst);
     }
 }
+
+TEST_CASE("ICMP errors about a granted flow are forwarded only when sent to the quoted VIP, and at most "
+          "1000 per second per worker; errors about flows without a grant do not use the budget",
+          "[pipeline][icmp]") {
+    TestNode n;
+    add_standard_services(n);
+    grant_standard_client(n);
+    // Host unreachable from a router about the flow 203.0.113.10:80 -> client:40000.
+    const auto error_about = [](const char* client, const char* to) {
+        const Bytes quoted = tcp4("203.0.113.10", client, 80, 40000);
+        return eth4(ipv4(Ipv4Opts{.src = wire("192.0.2.254"), .dst = wire(to), .proto = 1},
+                         icmp(3, 1, 0, Bytes(quoted.begin(), quoted.begin() + 28))));
+    };
+    SECTION("the outer destination must be the VIP the quote came from") {
+        Buf elsewhere(error_about("198.51.100.7", "203.0.113.99"));
+        CHECK(n.process(elsewhere) == Action::drop);
+        CHECK(n.get(Counter::drop_icmp_not_allowed) == 1);
+        Buf to_vip(error_about("198.51.100.7", "203.0.113.10"));
+        CHECK(n.process(to_vip) == Action::transmit);
+        CHECK(n.get(Counter::forwarded) == 1);
+    }
+    SECTION("a flood: 100 at once (the burst), then one per millisecond") {
+        std::vector<Buf> ungranted;
+        for (int i = 0; i < 300; ++i) ungranted.emplace_back(error_about("198.51.100.99", "203.0.113.10"));
+        n.process(ungranted);
+        CHECK(n.get(Counter::drop_no_grant) == 300);
+        std::vector<Buf> granted;
+        for (int i = 0; i < 160; ++i) granted.emplace_back(error_about("198.51.100.7", "203.0.113.10"));
+        const auto actions = n.process(granted);
+        CHECK(std::count(actions.begin(), actions.end(), Action::transmit) == kIcmpErrorBurst);
+        CHECK(n.get(Counter::drop_icmp_rate_limited) == 160 - kIcmpErrorBurst);
+        Buf later(error_about("198.51.100.7", "203.0.113.10"));
+        CHECK(n.process(later, kNow + 1) == Action::transmit);  // 1 ms on: one more token (1000 per second)
+    }
+}
