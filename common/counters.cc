@@ -24,6 +24,12 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::too_big_sent: return "too_big_sent";
         case Counter::busy_cycles: return "busy_cycles";
         case Counter::busy_polls: return "busy_polls";
+        case Counter::grant_backlog: return "grant_backlog";
+        case Counter::grant_backlog_high_water: return "grant_backlog_high_water";
+        case Counter::grants_verified: return "grants_verified";
+        case Counter::grants_activated: return "grants_activated";
+        case Counter::grants_rejected: return "grants_rejected";
+        case Counter::revocations_applied: return "revocations_applied";
         case Counter::denial_samples_lost: return "denial_samples_lost";
         case Counter::drop_unknown_vip: return "unknown_vip";
         case Counter::drop_no_grant: return "no_grant";

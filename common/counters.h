@@ -35,6 +35,14 @@ enum class Counter : uint16_t {
     too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
     busy_cycles,          // TSC cycles of worker polls that received packets (rx to tx, all queues)
     busy_polls,           // worker polls that received packets
+    // The main lcore's grant work (written by it alone, in its own block;
+    // gauges are current values, the others totals since start).
+    grant_backlog,             // gauge: grants waiting for signature verification
+    grant_backlog_high_water,  // gauge: the most that ever waited
+    grants_verified,           // Ed25519 verifications done
+    grants_activated,
+    grants_rejected,           // refused with a GrantRejected event, any reason
+    revocations_applied,
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,
     drop_no_grant,

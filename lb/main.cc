@@ -254,6 +254,21 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 }
 
 
+// The main lcore's grant work, into its counter block (stats, telemetry, jitctl).
+void publish_control_counters(const ControlLoop& control, WorkerCounters& c) noexcept {
+    const ControlStats& s = control.stats();
+    uint64_t rejected = 0;
+    for (const uint64_t n : s.grants_rejected) rejected += n;
+    const auto set = [&c](Counter k, uint64_t v) { __atomic_store_n(&c.by_counter[static_cast<size_t>(k)], v, __ATOMIC_RELAXED); };
+    set(Counter::grant_backlog, control.backlog_length());
+    set(Counter::grant_backlog_high_water, s.backlog_high_water);
+    set(Counter::grants_verified, s.grants_verified);
+    set(Counter::grants_activated, s.grants_activated);
+    set(Counter::grants_rejected, rejected);
+    set(Counter::revocations_applied, s.revocations);
+}
+
+
 std::string counters_json(const WorkerCounters& total, const std::vector<ServiceCounters>& services,
                           const ControlLoop& control) {
     std::string s = "{";
@@ -482,6 +497,7 @@ int main(int argc, char** argv) {
     while (!g_stop.load(std::memory_order_relaxed)) {
         if (g_reload.exchange(false)) control->reload_keys();
         control->tick();
+        publish_control_counters(*control, *main_counters);
         if (control->last_error() != last_error) {
             last_error = control->last_error();
             if (!last_error.empty()) std::fprintf(stderr, "jitlb: %s\n", last_error.c_str());
@@ -498,12 +514,16 @@ int main(int argc, char** argv) {
             for (auto& w : workers) last = std::max(last, w->last_rx_tsc.load(std::memory_order_relaxed));
             if (rte_rdtsc() - last > exit_when_idle_ms * hz / 1000) g_stop.store(true);
         }
-        std::this_thread::sleep_for(tick);
+        // Grants waiting for verification: the next tick at once (each tick
+        // verifies at most verify_per_tick, so a revocation still waits at most
+        // one tick); otherwise sleep, sharing the core.
+        if (control->backlog_length() == 0) std::this_thread::sleep_for(tick);
     }
 
     rte_eal_mp_wait_lcore();
     for (auto& w : workers) worker_release(*w);
     control->tick();  // last events out
+    publish_control_counters(*control, *main_counters);
     for (PortState& p : ports) {
         rte_eth_dev_stop(p.id);
         rte_eth_dev_close(p.id);
