@@ -61,10 +61,24 @@ ConnTable::ConnTable(const ConnTableConfig& config, uint64_t ticks_per_second)
       idle_ticks_(config.idle_timeout_ms * ticks_per_second / 1000),
       closed_ticks_(config.closed_timeout_ms * ticks_per_second / 1000) {}
 
+namespace {
+
+// FlowTuple equality as five 8-byte words (the tuple is 40 bytes with zero
+// padding): no call to memcmp on the per-packet path.
+inline bool same_flow(const FlowTuple& a, const FlowTuple& b) noexcept {
+    static_assert(sizeof(FlowTuple) == 40);
+    uint64_t x[5], y[5];
+    std::memcpy(x, &a, sizeof x);
+    std::memcpy(y, &b, sizeof y);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+}  // namespace
+
 ConnTable::Entry* ConnTable::find(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept {
     for (uint32_t d = 0; d < kConnProbe; ++d) {
         Entry& e = slots_[(hash + d) & mask_];
-        if (e.last_seen != 0 && e.expires > now && e.flow == flow) return &e;
+        if (e.expires > now && same_flow(e.flow, flow)) return &e;
     }
     return nullptr;
 }
@@ -72,10 +86,9 @@ ConnTable::Entry* ConnTable::find(const FlowTuple& flow, uint64_t hash, uint64_t
 ConnTable::Entry* ConnTable::insert(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept {
     for (uint32_t d = 0; d < kConnProbe; ++d) {
         Entry& e = slots_[(hash + d) & mask_];
-        if (e.last_seen == 0 || e.expires <= now) {
+        if (e.expires <= now) {  // empty (0) or expired
             e = Entry{};
             e.flow = flow;
-            e.last_seen = now;
             e.expires = now + idle_ticks_;
             return &e;
         }
@@ -84,14 +97,13 @@ ConnTable::Entry* ConnTable::insert(const FlowTuple& flow, uint64_t hash, uint64
 }
 
 void ConnTable::touch(Entry& e, uint64_t now, bool closing) noexcept {
-    e.last_seen = now;
     e.closing = e.closing || closing;
     e.expires = now + (e.closing ? closed_ticks_ : idle_ticks_);
 }
 
 size_t ConnTable::live(uint64_t now) const noexcept {
     return static_cast<size_t>(
-        std::count_if(slots_.begin(), slots_.end(), [&](const Entry& e) { return e.last_seen != 0 && e.expires > now; }));
+        std::count_if(slots_.begin(), slots_.end(), [&](const Entry& e) { return e.expires > now; }));
 }
 
 // --- forwarding modes -------------------------------------------------------
@@ -411,7 +423,9 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
       grants_(grants),
       counters_(counters),
       per_service_(per_service),
-      reset_interval_(std::max<uint64_t>(1, kResetIntervalMs * node.ticks_per_second / 1000)),
+      reset_shift_(reset_shift_for(node.ticks_per_second)),
+      reset_interval_(static_cast<uint32_t>(
+          std::max<uint64_t>(1, (kResetIntervalMs * node.ticks_per_second / 1000) >> reset_shift_))),
       too_big_limiter_(kTooBigPerSecond, kTooBigBurst, node.ticks_per_second),
       denial_limiter_(kDenialSamplesPerSecond, kDenialSampleBurst, node.ticks_per_second),
       echo_limiter_(kEchoPerSecond, kEchoBurst, node.ticks_per_second),
@@ -455,20 +469,21 @@ Action Pipeline::to_exception(uint32_t kind) noexcept {
 // draining or not, else it is chosen again and counted; kNoBackend when it
 // cannot be (every backend left is draining), the entry unchanged.
 uint32_t Pipeline::tracked_backend(ConnTable::Entry& e, const Service& svc, uint64_t hash) noexcept {
-    if (e.service_generation == svc.generation) return e.backend;
-    const auto it = std::find_if(svc.backends.begin(), svc.backends.end(),
-                                 [&](const BackendInfo& b) { return backend_key(b) == e.backend_key; });
+    if (e.service_generation == static_cast<uint32_t>(svc.generation)) return e.backend;
+    const auto it = std::find_if(svc.backends.begin(), svc.backends.end(), [&](const BackendInfo& b) {
+        return static_cast<uint32_t>(backend_key(b)) == e.backend_key;
+    });
     uint32_t backend;
     if (it != svc.backends.end()) {
         backend = static_cast<uint32_t>(it - svc.backends.begin());
     } else {
         if (svc.maglev.empty()) return kNoBackend;
         backend = maglev_lookup(svc.maglev, hash);
-        e.backend_key = backend_key(svc.backends[backend]);
+        e.backend_key = static_cast<uint32_t>(backend_key(svc.backends[backend]));
         counters_.add(Counter::conn_rehashed);
     }
-    e.backend = backend;
-    e.service_generation = svc.generation;
+    e.backend = backend & 0x3fff;
+    e.service_generation = static_cast<uint32_t>(svc.generation);
     return backend;
 }
 
@@ -537,6 +552,9 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     uint64_t hashes[kBurst];  // flow hashes of the pending packets
     uint8_t pending[kBurst];
     size_t n_pending = 0;
+    VipKey last_vip;
+    const Service* last_service = nullptr;
+    bool have_last_vip = false;
 
     ForwardContext ctx{node_, {}, {}, counters_, too_big_limiter_, now};
     n_samples_ = 0;
@@ -594,7 +612,16 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         key.family = f.version;
         key.protocol = f.proto;
         key.port = f.dst_port;
-        const Service* svc = p.l4_present ? services.find(key) : nullptr;
+        // A burst mostly goes to few VIPs: the previous packet's service is reused.
+        const Service* svc = nullptr;
+        if (p.l4_present) {
+            if (!(have_last_vip && key == last_vip)) {
+                last_vip = key;
+                last_service = services.find(key);
+                have_last_vip = true;
+            }
+            svc = last_service;
+        }
         if (svc == nullptr) {
             if (is_node_address(f.version, f.dst.data())) {
                 uint32_t kind = 0;
@@ -681,10 +708,11 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                 const uint64_t hash = hashes[k];
                 ConnTable::Entry* e = conns_.find(p.flow, hash, now);
                 if (e != nullptr && e->service_id == svc.id &&
-                    (e->last_reset == 0 || now - e->last_reset >= reset_interval_)) {
+                    (!e->reset_sent || reset_clock(now) - e->last_reset >= reset_interval_)) {
                     const uint32_t backend = tracked_backend(*e, svc, hash);
                     if (backend != kNoBackend) {
-                        e->last_reset = now;
+                        e->last_reset = reset_clock(now);
+                        e->reset_sent = 1;
                         conns_.touch(*e, now, true);
                         if (send_resets(pkts[i], p, svc, svc.backends[backend], hash, &ctx, extra))
                             actions[i] = Action::transmit;
@@ -722,13 +750,16 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             if (!p.icmp_error) {
                 // The flow's entry belongs to a service that no longer holds
                 // this VIP: take it over rather than add a second one.
-                if (e != nullptr) *e = ConnTable::Entry{p.flow, now, now};
+                if (e != nullptr) {
+                    *e = ConnTable::Entry{};
+                    e->flow = p.flow;
+                }
                 else e = conns_.insert(p.flow, hash, now);
                 if (e != nullptr) {
                     e->service_id = svc.id;
-                    e->service_generation = svc.generation;
-                    e->backend = backend;
-                    e->backend_key = backend_key(svc.backends[backend]);
+                    e->service_generation = static_cast<uint32_t>(svc.generation);
+                    e->backend = backend & 0x3fff;
+                    e->backend_key = static_cast<uint32_t>(backend_key(svc.backends[backend]));
                     conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
                     counters_.add(Counter::conn_new);
                 } else {

@@ -89,17 +89,20 @@ struct ConnTableConfig {
 class ConnTable {
   public:
     explicit ConnTable(const ConnTableConfig& config, uint64_t ticks_per_second);
-    struct Entry {
+    // One cache line per flow: a lookup touches one line.
+    struct alignas(64) Entry {
         FlowTuple flow{};
-        uint64_t last_seen = 0;  // ticks; 0 = empty
-        uint64_t expires = 0;    // ticks
-        uint64_t service_generation = 0;
-        uint32_t backend = 0;    // index into the service's backends at that generation
-        uint64_t backend_key = 0;  // hash of the backend's id: survives re-indexing
-        uint64_t last_reset = 0;  // ticks; 0 = never: resets are rate-limited per flow
+        uint64_t expires = 0;             // ticks; 0 = an empty slot
+        uint32_t service_generation = 0;  // the service's generation, low 32 bits
+        uint32_t backend_key = 0;         // the backend's id hash, low 32 bits: survives re-indexing
+        uint32_t last_reset = 0;          // reset_clock() of the last reset pair, if reset_sent
         uint16_t service_id = 0;
-        bool closing = false;
+        uint16_t backend : 14 = 0;        // index into the service's backends at that generation
+        uint16_t closing : 1 = 0;         // FIN or RST seen
+        uint16_t reset_sent : 1 = 0;      // resets are rate-limited per flow
     };
+    static_assert(sizeof(Entry) == 64);
+    static_assert(kMaxBackends <= (1u << 14));
     // The live entry for `flow`, or nullptr.
     Entry* find(const FlowTuple& flow, uint64_t hash, uint64_t now) noexcept;
     // A new entry (or nullptr when the probe window is full of live entries).
@@ -197,7 +200,16 @@ class Pipeline {
     std::span<ServiceCounters> per_service_;
     void sample_denial(DenialReason reason, const ParsedPacket& p, uint16_t service_id, uint64_t now) noexcept;
 
-    uint64_t reset_interval_;  // ticks
+    // Per-flow reset times are kept in 32 bits of about a millisecond (ticks >>
+    // reset_shift_): they wrap after ~49 days, and are compared by difference.
+    static unsigned reset_shift_for(uint64_t ticks_per_second) noexcept {
+        unsigned shift = 0;
+        while (shift < 40 && (ticks_per_second >> (shift + 1)) >= 1000) ++shift;
+        return shift;
+    }
+    uint32_t reset_clock(uint64_t now) const noexcept { return static_cast<uint32_t>(now >> reset_shift_); }
+    unsigned reset_shift_;
+    uint32_t reset_interval_;  // in reset_clock units
     TokenBucket too_big_limiter_;
     TokenBucket denial_limiter_;
     TokenBucket echo_limiter_;
