@@ -419,7 +419,7 @@ void ControlLoop::apply_command(uint64_t sequence, const Message& message, int64
             if constexpr (std::is_same_v<T, GrantPush>) {
                 on_grant_push(sequence, m, now_ms, report);
             } else if constexpr (std::is_same_v<T, Revoke>) {
-                on_revoke(m, report);
+                on_revoke(m, now_ms, report);
             } else if constexpr (std::is_same_v<T, ServiceSet>) {
                 on_service_set(sequence, m, report);
             } else if constexpr (std::is_same_v<T, BackendSet>) {
@@ -505,9 +505,14 @@ void ControlLoop::on_grant_push(uint64_t sequence, const GrantPush& push, int64_
 
 // One store in the table, effective for every worker's next lookup. A grant
 // with this id still in the backlog is refused when its turn comes.
-void ControlLoop::on_revoke(const Revoke& revoke, TickReport& report) {
-    const int64_t until =
-        static_cast<int64_t>(std::min<uint64_t>(revoke.not_after_ms, kMaxGrantTimeMs));
+void ControlLoop::on_revoke(const Revoke& revoke, int64_t now_ms, TickReport& report) {
+    // The id stays revoked until no grant jitlb would accept could still be
+    // valid: one starting at the horizon (plus the skew) and lasting the longest
+    // duration. A later not-after would only fill the revoked set (which, full,
+    // refuses every new grant) with ids that can never matter.
+    const int64_t latest_end = now_ms + config_.horizon_ms + config_.skew_ms + config_.max_duration_ms;
+    const int64_t until = std::min<int64_t>(
+        static_cast<int64_t>(std::min<uint64_t>(revoke.not_after_ms, kMaxGrantTimeMs)), latest_end);
     const RevokeResult r = writer_->revoke(revoke.grant_id, until);
     if (r.set == RevokedSetStatus::full) ++stats_.revocations_not_recorded;
     ++stats_.revocations;

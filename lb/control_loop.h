@@ -234,7 +234,7 @@ class ControlLoop {
                        TickReport& report);
     void on_grant_push(uint64_t sequence, const GrantPush& push, int64_t now_ms,
                        TickReport& report);
-    void on_revoke(const Revoke& revoke, TickReport& report);
+    void on_revoke(const Revoke& revoke, int64_t now_ms, TickReport& report);
     void on_service_set(uint64_t sequence, const ServiceSet& set, TickReport& report);
     void on_backend_set(uint64_t sequence, const BackendSet& set, TickReport& report);
     void on_service_delete(uint64_t sequence, const ServiceDelete& del, int64_t now_ms,
