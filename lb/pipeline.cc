@@ -569,7 +569,11 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
 
     // Stage 1: parse, answer what the node answers itself, find the service.
     for (size_t i = 0; i < n; ++i) {
-        if (i + 3 < n) __builtin_prefetch(pkts[i + 3].data);
+        if (i + 3 < n) {
+            __builtin_prefetch(pkts[i + 3].data);
+            // The line before the frame: the outer headers of an encapsulation go there.
+            if (pkts[i + 3].headroom >= 64) __builtin_prefetch(pkts[i + 3].data - 64, 1);
+        }
         PacketBuf& pkt = pkts[i];
         actions[i] = Action::drop;
         counters_.add(Counter::rx_packets);
