@@ -229,8 +229,8 @@ class GrantTableReader {
     // prefix length in use for that service.
     LookupResult lookup(const LookupKey& key, uint64_t now_ticks) const noexcept;
     // The same for a burst (up to kGrantTableMaxBurst keys; longer spans are
-    // done in bursts): hashes every key first, prefetches every home slot, then
-    // probes in rounds, so that the memory accesses of the burst overlap.
+    // done in bursts): hashes every key, then prefetches every home slot, then
+    // reads them, so that the memory accesses of the burst overlap.
     void lookup_bulk(std::span<const LookupKey> keys, uint64_t now_ticks,
                      std::span<LookupResult> out) const noexcept;
 
@@ -265,6 +265,11 @@ class GrantTableReader {
                              bool& busy) const noexcept;
     void lookup_burst(const LookupKey* keys, size_t n, uint64_t now_ticks,
                       LookupResult* out) const noexcept;
+    // The keys of a burst that its first stages did not answer.
+    uint32_t lookup_general(const LookupKey* keys, const uint8_t* general, size_t n_general,
+                            uint32_t found, const uint32_t* meta, const uint64_t* a0,
+                            const uint64_t* a1, const uint64_t* home, uint64_t now_ticks,
+                            LookupResult* out) const noexcept;
 
     const std::byte* table_ = nullptr;
     const uint64_t* hot_ = nullptr;      // slot i: words [8i, 8i+8)

@@ -1,7 +1,7 @@
 // Grant table: the grant semantics of the design (insert, identical re-push,
 // superseded, revocation, expiry, issuer removal), prefix fall-through, full
 // table and full revoked set, restart with MAC verification and crash repair,
-// churn, and bulk lookups agreeing with single ones.
+// churn, bulk lookups agreeing with single ones, and the home slot's hash.
 #include <arpa/inet.h>
 #include <sys/mman.h>
 
@@ -15,6 +15,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "flow_hash.h"
 #include "grant_table.h"
 
 using namespace jitlb;
@@ -740,6 +741,100 @@ TEST_CASE("grant table: bulk lookup agrees with single lookups on random keys") 
     CHECK(granted > 100);
     CHECK(expired > 100);
     CHECK(none > 20);
+}
+
+TEST_CASE("grant table: bulk lookup agrees with single lookups for services of exact addresses") {
+    // Service 0 has IPv4 /32 grants only and service 1 IPv6 /128 only: bursts
+    // answer them without prefix arithmetic. Service 2 has both and one IPv4
+    // /24, so that its IPv4 keys take the general path and its IPv6 keys not.
+    GrantTableConfig c = small_config(2048);
+    c.slots_per_grant = GENERATE(2u, 4u);
+    Table t(c);
+    std::mt19937_64 rng(12);
+    std::vector<LookupKey> sources;
+    for (int i = 0; i < 2400; ++i) {
+        LookupKey k;
+        k.service_id = static_cast<uint16_t>(i % 3);
+        k.family = k.service_id == 0   ? IpVersion::v4
+                   : k.service_id == 1 ? IpVersion::v6
+                                       : (rng() % 2 == 0 ? IpVersion::v4 : IpVersion::v6);
+        if (k.family == IpVersion::v4) {
+            const uint32_t a = static_cast<uint32_t>(rng());
+            std::memcpy(k.address.data(), &a, 4);
+            if (k.service_id == 2 && rng() % 2 == 0)
+                k.address = {10, 1, 2, static_cast<uint8_t>(rng())};
+        } else {
+            const uint64_t a = rng(), b = rng();
+            std::memcpy(k.address.data(), &a, 8);
+            std::memcpy(k.address.data() + 8, &b, 8);
+        }
+        sources.push_back(k);
+    }
+    // Grants for the first 1800 sources (the table's load is 0.44 with 2
+    // slots per grant: many keys are displaced), none for the rest.
+    uint64_t id = 1;
+    for (size_t i = 0; i < 1800; ++i) {
+        const LookupKey& s = sources[i];
+        const GrantKey k{s.service_id, s.family,
+                         static_cast<uint8_t>(s.family == IpVersion::v4 ? 32 : 128), s.address};
+        const int64_t nb = static_cast<int64_t>(rng() % 1000);
+        t.w().upsert(grant(k, id++, nb, nb + 1 + static_cast<int64_t>(rng() % 2000)), 1000);
+    }
+    REQUIRE(t.w().upsert(grant(key(2, "10.1.2.0", 24), id++, 0, 2500), 1000) ==
+            UpsertResult::inserted);
+    // Some deletions, so that entries have moved back along their chains.
+    for (uint64_t g = 1; g < id; g += 5) t.w().revoke(id_of(g), 0);
+    size_t granted = 0, expired = 0, not_yet = 0, none = 0;
+    for (int round = 0; round < 300; ++round) {
+        std::vector<LookupKey> keys(1 + rng() % 70);
+        for (LookupKey& k : keys) k = sources[rng() % sources.size()];
+        if (rng() % 4 == 0) keys[rng() % keys.size()].family = IpVersion::none;
+        if (rng() % 4 == 0) keys[rng() % keys.size()].service_id = 40;  // beyond max_service_id
+        const uint64_t now = rng() % 3200;
+        std::vector<LookupResult> bulk(keys.size());
+        t.r().lookup_bulk(keys, now, bulk);
+        for (size_t i = 0; i < keys.size(); ++i) {
+            const LookupResult single = t.r().lookup(keys[i], now);
+            REQUIRE(bulk[i].kind == single.kind);
+            REQUIRE(bulk[i].prefix_len == single.prefix_len);
+            REQUIRE(bulk[i].entry == single.entry);
+            REQUIRE(bulk[i].generation == single.generation);
+            REQUIRE(bulk[i].not_before_tick == single.not_before_tick);
+            REQUIRE(bulk[i].not_after_tick == single.not_after_tick);
+            granted += single.kind == LookupKind::granted;
+            expired += single.kind == LookupKind::expired;
+            not_yet += single.kind == LookupKind::not_yet;
+            none += single.kind == LookupKind::no_grant;
+        }
+    }
+    CHECK(granted > 1000);
+    CHECK(expired > 1000);
+    CHECK(not_yet > 100);
+    CHECK(none > 1000);
+}
+
+TEST_CASE("grant table: a key's home slot is the byte hash of its compact form") {
+    // The home slots are part of the stored format (reopen finds entries by
+    // them): the hash written out for 8- and 20-byte keys must stay hash_bytes.
+    Table t;
+    const uint64_t mask = t.r().slot_count() - 1;
+    for (const GrantKey& k :
+         {key(0, "192.0.2.1"), key(7, "10.1.2.0", 24), key(16, "0.0.0.0", 0), key(3, "2001:db8::1"),
+          key(9, "2001:db8:1:2::", 64), key(1, "::", 0), key(2, "::ffff:192.0.2.1"),
+          key(300, "198.51.100.7"), key(65535, "2001:db8::2")}) {
+        const uint8_t meta[4] = {static_cast<uint8_t>(k.service_id),
+                                 static_cast<uint8_t>(k.service_id >> 8),
+                                 static_cast<uint8_t>(k.family), k.prefix_len};
+        std::vector<uint8_t> bytes;
+        if (k.family == IpVersion::v4) {
+            bytes.assign(meta, meta + 4);
+            bytes.insert(bytes.end(), k.address.begin(), k.address.begin() + 4);
+        } else {
+            bytes.assign(k.address.begin(), k.address.end());
+            bytes.insert(bytes.end(), meta, meta + 4);
+        }
+        CHECK(t.r().home_slot(k) == (hash_bytes(bytes, t.config.hash_seed) & mask));
+    }
 }
 
 TEST_CASE("grant table: keys displaced beyond the hop window are found, moved and removed") {
