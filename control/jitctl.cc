@@ -78,7 +78,8 @@ ordered_json call(const Globals& g, const ordered_json& request) {
     const std::string line = request.dump() + "\n";
     size_t sent = 0;
     while (sent < line.size()) {
-        const ssize_t n = ::write(fd, line.data() + sent, line.size() - sent);
+        // MSG_NOSIGNAL: a jitd that died mid-call is exit 3, not a death by SIGPIPE.
+        const ssize_t n = ::send(fd, line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
         if (n <= 0) {
             ::close(fd);
             throw CtlError(3, fmt::format("writing to jitd at {}: {}", g.socket, std::strerror(errno)));
