@@ -754,7 +754,7 @@ LookupResult GrantTableReader::lookup_once(const LookupKey& key, uint64_t now, b
                                            bool& busy) const noexcept {
     const Table t{hot_, slot_mask_, seed_};
     LookupResult out;
-    Probe b;
+    Probe b{};  // single lookups only: GCC cannot see every field is set before use
     b.used_miss = b.found = false;
     if (!start_cursor(key, bitmaps_, max_service_id_, b.cursor) || !next_prefix(t, b)) return out;
     for (;;) {
