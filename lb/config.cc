@@ -627,9 +627,14 @@ void read_region(const Section& section, NodeConfig& config) {
 }
 
 void read_main(const Section& section, NodeConfig& config) {
-    section.allow_only({"tick_us"});
+    section.allow_only({"tick_us", "nice", "slice_us"});
     if (const auto v = section.integer("tick_us", 1, kMaxTickUs, "us")) {
         config.tick_us = static_cast<uint32_t>(*v);
+    }
+    if (const auto v = section.integer("nice", -20, 19)) config.main_nice = static_cast<int32_t>(*v);
+    if (const auto v = section.integer("slice_us", 0, 100000, "us")) {
+        if (*v != 0 && *v < 100) section.fail_at("slice_us", fmt::format("{} us: 0 (the kernel's default) or 100..100000", *v));
+        config.main_slice_us = static_cast<uint32_t>(*v);
     }
 }
 

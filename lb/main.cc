@@ -6,7 +6,9 @@
 //   jitlb [EAL options] -- --config jitlb.toml [--exit-when-idle MS]
 //                          [--clock-shift-ms MS] [--stats-json PATH]
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -255,6 +257,37 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 
 
 // The main lcore's grant work, into its counter block (stats, telemetry, jitctl).
+// The main lcore shares a core and sleeps between ticks, and a revocation
+// waits for its next tick: ask the scheduler to run it soon after it wakes,
+// even beside a thread that polls at 100% on the same core. A negative nice
+// value weighs it up; a short slice (Linux 6.12 and later, EEVDF) lets it
+// preempt on wake-up. Neither needs the other; what fails is said once.
+void prioritise_main_lcore(int32_t nice, uint32_t slice_us) {
+    struct Attr {  // struct sched_attr (sched_setattr(2)); glibc 2.36 has no wrapper
+        uint32_t size, policy;
+        uint64_t flags;
+        int32_t nice;
+        uint32_t priority;
+        uint64_t runtime, deadline, period;
+    };
+    const auto set = [](int32_t n, uint32_t us) {
+        Attr a{};
+        a.size = sizeof(Attr);
+        a.policy = SCHED_OTHER;
+        a.nice = n;
+        a.runtime = uint64_t{us} * 1000;
+        return syscall(SYS_sched_setattr, 0, &a, 0) == 0 ? 0 : errno;
+    };
+    if (nice == 0 && slice_us == 0) return;
+    if (const int e = set(nice, slice_us); e != 0) {
+        const int again = nice < 0 ? set(0, slice_us) : e;
+        std::fprintf(stderr,
+                     "jitlb: warning: [main] nice = %d, slice_us = %u: %s; the main lcore runs %s and may "
+                     "wait a scheduler slice behind a busy thread on its core (give jitlb CAP_SYS_NICE)\n",
+                     nice, slice_us, std::strerror(e), again == 0 ? "at nice 0" : "with the kernel's defaults");
+    }
+}
+
 void publish_control_counters(const ControlLoop& control, WorkerCounters& c) noexcept {
     const ControlStats& s = control.stats();
     uint64_t rejected = 0;
@@ -492,6 +525,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
 
     // The main lcore: tick, reclaim, sleep.
+    prioritise_main_lcore(config.main_nice, config.main_slice_us);
     const auto tick = std::chrono::microseconds(config.tick_us);
     std::string last_error;
     while (!g_stop.load(std::memory_order_relaxed)) {

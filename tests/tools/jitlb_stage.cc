@@ -43,6 +43,7 @@
 
 #include "grant.h"
 #include "grant_table.h"
+#include "counters.h"
 #include "issuer_keys.h"
 #include "messages.h"
 #include "shared_file.h"
@@ -1129,9 +1130,23 @@ struct PushOptions {
     bool restart = false;
     bool summary = false;
     int64_t pace_us = 0;
+    uint32_t max_in_flight = 0;
     int64_t wait_ms = 5000;
     CLI::Option* cmd_slots_opt = nullptr;
 };
+
+// Grants jitlb has taken from the ring but not yet verified: the gauge its
+// main lcore publishes in its counter block (docs/counters.md).
+uint64_t published_grant_backlog(const StateRegionView& view) {
+    const size_t block = lb::stats_block_bytes(view.header->service_capacity);
+    uint64_t backlog = 0;
+    for (size_t b = 0; b + block <= view.worker_stats.size(); b += block) {
+        const auto* c = reinterpret_cast<const lb::WorkerCounters*>(view.worker_stats.data() + b);
+        backlog += __atomic_load_n(&c->by_counter[static_cast<size_t>(lb::Counter::grant_backlog)],
+                                   __ATOMIC_RELAXED);
+    }
+    return backlog;
+}
 
 // Attaches the event ring's consumer (its index is in our cmd file) before
 // commands go out, so that jitlb can answer them; skipped when an events
@@ -1225,7 +1240,25 @@ int run_push(const PushOptions& o) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     const auto paced_start = Clock::now();
+    uint64_t slots_per_grant = 0;  // set when the first grant is written
     for (size_t i = 0; i < messages.size(); ++i) {
+        const bool is_grant = std::holds_alternative<GrantPush>(messages[i]);
+        // Flow control: grants in the ring plus grants in jitlb's backlog stay
+        // below --max-in-flight, so a full backlog never refuses one as
+        // backlog_full, whatever rate jitlb's main lcore verifies at.
+        if (o.max_in_flight > 0 && is_grant && peer && slots_per_grant > 0) {
+            const auto flow_deadline = Clock::now() + std::chrono::milliseconds(o.wait_ms);
+            for (;;) {
+                const uint64_t in_ring = (producer.slot_count() - producer.free_bytes() / kRingSlotBytes) /
+                                         slots_per_grant;
+                if (in_ring + published_grant_backlog(peer->view) < o.max_in_flight) break;
+                if (Clock::now() >= flow_deadline)
+                    throw Failure(fmt::format("{}: script[{}]: jitlb verified no grant for {} ms ({} in "
+                                              "flight); {} of {} commands pushed",
+                                              cmd, i, o.wait_ms, o.max_in_flight, i, messages.size()));
+                std::this_thread::sleep_for(std::chrono::microseconds(200));
+            }
+        }
         if (o.pace_us > 0) {
             const auto due = paced_start + std::chrono::microseconds(o.pace_us * static_cast<int64_t>(i));
             if (due - Clock::now() > std::chrono::microseconds(200))
@@ -1254,6 +1287,8 @@ int run_push(const PushOptions& o) {
                                       o.detached ? "" : fmt::format(" (waited {} ms)", o.wait_ms),
                                       i, messages.size()));
         }
+        if (is_grant && slots_per_grant == 0)
+            slots_per_grant = ring_record_slots(encoded_payload_size(messages[i]), kRingSlotBytes);
         if (o.summary) continue;
         // When the command was in the ring (readable by jitlb), as Unix ns.
         const auto written = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -1564,6 +1599,11 @@ int main(int argc, char** argv) {
         ->add_option("--pace-us", push.pace_us,
                      "write command i at start + i x this many microseconds (a steady rate of commands)")
         ->check(CLI::NonNegativeNumber);
+    push_cmd
+        ->add_option("--max-in-flight", push.max_in_flight,
+                     "keep at most this many grants in the ring and jitlb's verification backlog "
+                     "(read from its stats), so none is refused as backlog_full")
+        ->check(CLI::PositiveNumber);
     push_cmd->add_flag("--summary", push.summary,
                        "print one line at the end instead of one per command (large scripts)");
     push_cmd

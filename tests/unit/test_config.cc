@@ -188,6 +188,8 @@ service_capacity = 64
 
 [main]
 tick_us = 50
+nice = -5
+slice_us = 250
 )");
     CHECK(c.instance == "edge-2_b");
     CHECK(c.addresses ==
@@ -243,6 +245,8 @@ tick_us = 50
     CHECK(c.cmd_file_owner == "jitd-test");
     CHECK(c.service_capacity == 64);
     CHECK(c.tick_us == 50);
+    CHECK(c.main_nice == -5);
+    CHECK(c.main_slice_us == 250);
 }
 
 TEST_CASE("optional keys take their documented defaults", "[config]") {
@@ -272,6 +276,8 @@ TEST_CASE("optional keys take their documented defaults", "[config]") {
     CHECK(c.max_grant_duration_ms == 86'400'000);
     CHECK(c.verify_per_tick == 2);
     CHECK(c.tick_us == 100);
+    CHECK(c.main_nice == -10);
+    CHECK(c.main_slice_us == 100);
 
     CHECK_FALSE(c.has_outer_source_v6());
     CHECK(c.outer_ttl == 64);
@@ -426,6 +432,9 @@ TEST_CASE("each kind of mistake is one error naming the key and what was wrong",
          "-1 is out of range"},
         {"tick_us above 100", edited("", "[main]\ntick_us = 101\n"), "main.tick_us",
          "101 is out of range (1..100 us)"},
+        {"nice below -20", edited("", "[main]\nnice = -21\n"), "main.nice", "-21 is out of range (-20..19)"},
+        {"slice_us between 0 and 100", edited("", "[main]\nslice_us = 50\n"), "main.slice_us",
+         "50 us: 0 (the kernel's default) or 100..100000"},
         {"slots per grant not 2, 4 or 8", edited("issuer_keys", "slots_per_grant = 3\nissuer_keys"),
          "grants.slots_per_grant", "is not 2, 4 or 8"},
         {"missing issuer keys", edited("issuer_keys = \"/etc/jitlb/issuers.pub\"\n", ""),
