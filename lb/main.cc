@@ -430,6 +430,14 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         die(e.what());
     }
+    StateRegion& state = control->state();
+    const size_t counter_blocks = state.worker_stats.size() / block_bytes;
+    if (counter_blocks < size_t{n_workers} + 1) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
+    // The main lcore's own counters (its gauges, exception traffic), after the
+    // workers' blocks; published while grants are staged too, so a producer
+    // can pace itself on grant_backlog (jitlb_stage push --max-in-flight).
+    WorkerCounters* main_counters =
+        new (state.worker_stats.data() + n_workers * block_bytes) WorkerCounters{};
     // Stage what is waiting (tests push services and grants first).
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -439,16 +447,15 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         while (access(start_ports_after.c_str(), F_OK) != 0 && !g_stop.load()) {
             control->tick();
-            std::this_thread::sleep_for(std::chrono::microseconds(config.tick_us));
+            publish_control_counters(*control, *main_counters);
+            if (control->backlog_length() == 0) std::this_thread::sleep_for(std::chrono::microseconds(config.tick_us));
         }
     }
     control->drain_all();
+    publish_control_counters(*control, *main_counters);
 
     // Workers: each owns its rx queue on every port and tx queue `index`.
     Quiescence quiescence(n_workers);
-    StateRegion& state = control->state();
-    const size_t counter_blocks = state.worker_stats.size() / block_bytes;
-    if (counter_blocks < size_t{n_workers} + 1) die(fmt::format("state file has stats room for {} workers, {} configured", counter_blocks, n_workers));
     std::vector<std::unique_ptr<WorkerContext>> workers;
     for (uint16_t w = 0; w < n_workers; ++w) {
         auto ctx = std::make_unique<WorkerContext>();
@@ -504,9 +511,6 @@ int main(int argc, char** argv) {
     if (has_exception)
         if (const int r = rte_eth_dev_start(exception_id); r != 0)
             die(fmt::format("exception port: start: {}", rte_strerror(-r)));
-    // The main lcore's own counters (exception traffic), after the workers'.
-    WorkerCounters* main_counters =
-        new (state.worker_stats.data() + n_workers * block_bytes) WorkerCounters{};
     for (auto& w : workers) g_counter_blocks.push_back(w->counters);
     g_counter_blocks.push_back(main_counters);
     g_counters_mapped.store(true, std::memory_order_release);
