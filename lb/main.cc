@@ -256,7 +256,35 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 }
 
 
-// The main lcore's grant work, into its counter block (stats, telemetry, jitctl).
+// /jitlb/services: forwarded packets and bytes per service, summed over the
+// workers, named from the state file's service map (read as jitctl reads it:
+// the telemetry thread never touches the main lcore's tables).
+std::vector<std::span<const ServiceCounters>> g_service_blocks;
+std::span<const ServiceMapEntry> g_service_map;
+
+int telemetry_services(const char*, const char*, rte_tel_data* d) {
+    rte_tel_data_start_dict(d);
+    if (!g_counters_mapped.load(std::memory_order_acquire)) return 0;
+    for (const ServiceMapEntry& e : g_service_map) {
+        ServiceInfo info;
+        if (service_map_read(e, info) != SeqRead::ok || info.service_id == 0) continue;
+        uint64_t packets = 0, bytes = 0;
+        for (const auto& block : g_service_blocks) {
+            if (info.service_id >= block.size()) continue;
+            packets += __atomic_load_n(&block[info.service_id].packets, __ATOMIC_RELAXED);
+            bytes += __atomic_load_n(&block[info.service_id].bytes, __ATOMIC_RELAXED);
+        }
+        rte_tel_data* one = rte_tel_data_alloc();
+        if (one == nullptr) return -ENOMEM;
+        rte_tel_data_start_dict(one);
+        rte_tel_data_add_dict_u64(one, "id", info.service_id);
+        rte_tel_data_add_dict_u64(one, "packets", packets);
+        rte_tel_data_add_dict_u64(one, "bytes", bytes);
+        rte_tel_data_add_dict_container(d, std::string(info.name_view()).c_str(), one, 0);
+    }
+    return 0;
+}
+
 // The main lcore shares a core and sleeps between ticks, and a revocation
 // waits for its next tick: ask the scheduler to run it soon after it wakes,
 // even beside a thread that polls at 100% on the same core. A negative nice
@@ -288,6 +316,7 @@ void prioritise_main_lcore(int32_t nice, uint32_t slice_us) {
     }
 }
 
+// The main lcore's grant work, into its counter block (stats, telemetry, jitctl).
 void publish_control_counters(const ControlLoop& control, WorkerCounters& c) noexcept {
     const ControlStats& s = control.stats();
     uint64_t rejected = 0;
@@ -513,10 +542,15 @@ int main(int argc, char** argv) {
             die(fmt::format("exception port: start: {}", rte_strerror(-r)));
     for (auto& w : workers) g_counter_blocks.push_back(w->counters);
     g_counter_blocks.push_back(main_counters);
+    for (auto& w : workers) g_service_blocks.push_back(w->per_service);
+    g_service_map = state.services;
     g_counters_mapped.store(true, std::memory_order_release);
     if (rte_telemetry_register_cmd("/jitlb/stats", telemetry_stats,
                                    "jitlb's counters, summed over lcores. No parameters") != 0)
         std::fprintf(stderr, "jitlb: telemetry command /jitlb/stats not registered\n");
+    if (rte_telemetry_register_cmd("/jitlb/services", telemetry_services,
+                                   "forwarded packets and bytes per service, summed over workers. No parameters") != 0)
+        std::fprintf(stderr, "jitlb: telemetry command /jitlb/services not registered\n");
 
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t started = rte_rdtsc();

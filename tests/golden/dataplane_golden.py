@@ -757,16 +757,23 @@ def live_phase(report, stage, writer, plan):
 
     # DPDK telemetry answers /jitlb/stats with the counters while jitlb runs.
     time.sleep(0.3)
-    tel = subprocess.run(["/usr/bin/dpdk-telemetry.py", "-f", file_prefix()], input="/jitlb/stats\n",
+    tel = subprocess.run(["/usr/bin/dpdk-telemetry.py", "-f", file_prefix()], input="/jitlb/stats\n/jitlb/services\n",
                          capture_output=True, text=True, timeout=30)
-    stats = None
+    stats = per_service = None
     for line in tel.stdout.splitlines():
         if line.strip().startswith("{"):
-            stats = json.loads(line).get("/jitlb/stats")
+            answer = json.loads(line)
+            stats = answer.get("/jitlb/stats", stats)
+            per_service = answer.get("/jitlb/services", per_service)
     ok &= report.line(stats is not None and stats.get("rx_packets", 0) >= 6 * BURST and "no_grant" in stats,
                       f"[live] dpdk-telemetry.py /jitlb/stats while running: "
                       f"rx_packets={stats.get('rx_packets') if stats else None}",
                       f"    exit {tel.returncode}: {tel.stdout[-300:]} {tel.stderr[-300:]}")
+    maglev = (per_service or {}).get("maglev") or {}
+    ok &= report.line(maglev.get("packets", 0) >= 1 and maglev.get("bytes", 0) >= 54 * maglev.get("packets", 0) and
+                      per_service and all(v.get("packets", 0) <= stats.get("tx_packets", 0) for v in per_service.values()),
+                      f"[live] dpdk-telemetry.py /jitlb/services: maglev {maglev}",
+                      f"    {json.dumps(per_service)[:300]}")
 
     # Denials are sampled into the event ring: the client whose grant ended knocked.
     events, r = stage.events(wait_ms=1000)
