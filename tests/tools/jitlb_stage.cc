@@ -1602,7 +1602,8 @@ int main(int argc, char** argv) {
     push_cmd
         ->add_option("--max-in-flight", push.max_in_flight,
                      "keep at most this many grants in the ring and jitlb's verification backlog "
-                     "(read from its stats), so none is refused as backlog_full")
+                     "(read from its stats), so none is refused as backlog_full; the backlog read "
+                     "lags a tick behind the ring, so give under half the backlog's room (4096)")
         ->check(CLI::PositiveNumber);
     push_cmd->add_flag("--summary", push.summary,
                        "print one line at the end instead of one per command (large scripts)");
