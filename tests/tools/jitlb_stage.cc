@@ -1135,17 +1135,18 @@ struct PushOptions {
     CLI::Option* cmd_slots_opt = nullptr;
 };
 
-// Grants jitlb has taken from the ring but not yet verified: the gauge its
-// main lcore publishes in its counter block (docs/counters.md).
-uint64_t published_grant_backlog(const StateRegionView& view) {
+// Grants jitlb has answered, activated or rejected (any reason): the totals its
+// main lcore publishes in its counter block (docs/counters.md). They lag by up
+// to a tick, so pushed - answered over-counts what is still in flight.
+uint64_t published_grants_answered(const StateRegionView& view) {
     const size_t block = lb::stats_block_bytes(view.header->service_capacity);
-    uint64_t backlog = 0;
+    uint64_t answered = 0;
     for (size_t b = 0; b + block <= view.worker_stats.size(); b += block) {
         const auto* c = reinterpret_cast<const lb::WorkerCounters*>(view.worker_stats.data() + b);
-        backlog += __atomic_load_n(&c->by_counter[static_cast<size_t>(lb::Counter::grant_backlog)],
-                                   __ATOMIC_RELAXED);
+        for (const lb::Counter k : {lb::Counter::grants_activated, lb::Counter::grants_rejected})
+            answered += __atomic_load_n(&c->by_counter[static_cast<size_t>(k)], __ATOMIC_RELAXED);
     }
-    return backlog;
+    return answered;
 }
 
 // Attaches the event ring's consumer (its index is in our cmd file) before
@@ -1240,20 +1241,20 @@ int run_push(const PushOptions& o) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     const auto paced_start = Clock::now();
-    uint64_t slots_per_grant = 0;  // set when the first grant is written
+    // Flow control: the grants pushed here that jitlb has not answered yet
+    // (in the ring, taken but not verified, or being verified) stay below
+    // --max-in-flight, so a full backlog never refuses one as backlog_full,
+    // whatever rate jitlb's main lcore verifies at.
+    const uint64_t answered_before = peer ? published_grants_answered(peer->view) : 0;
+    uint64_t grants_pushed = 0;
     for (size_t i = 0; i < messages.size(); ++i) {
         const bool is_grant = std::holds_alternative<GrantPush>(messages[i]);
-        // Flow control: grants in the ring plus grants in jitlb's backlog stay
-        // below --max-in-flight, so a full backlog never refuses one as
-        // backlog_full, whatever rate jitlb's main lcore verifies at.
-        if (o.max_in_flight > 0 && is_grant && peer && slots_per_grant > 0) {
+        if (o.max_in_flight > 0 && is_grant && peer) {
             const auto flow_deadline = Clock::now() + std::chrono::milliseconds(o.wait_ms);
-            for (;;) {
-                const uint64_t in_ring = (producer.slot_count() - producer.free_bytes() / kRingSlotBytes) /
-                                         slots_per_grant;
-                if (in_ring + published_grant_backlog(peer->view) < o.max_in_flight) break;
+            while (grants_pushed - std::min(grants_pushed, published_grants_answered(peer->view) - answered_before) >=
+                   o.max_in_flight) {
                 if (Clock::now() >= flow_deadline)
-                    throw Failure(fmt::format("{}: script[{}]: jitlb verified no grant for {} ms ({} in "
+                    throw Failure(fmt::format("{}: script[{}]: jitlb answered no grant for {} ms ({} in "
                                               "flight); {} of {} commands pushed",
                                               cmd, i, o.wait_ms, o.max_in_flight, i, messages.size()));
                 std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -1287,8 +1288,7 @@ int run_push(const PushOptions& o) {
                                       o.detached ? "" : fmt::format(" (waited {} ms)", o.wait_ms),
                                       i, messages.size()));
         }
-        if (is_grant && slots_per_grant == 0)
-            slots_per_grant = ring_record_slots(encoded_payload_size(messages[i]), kRingSlotBytes);
+        if (is_grant) ++grants_pushed;
         if (o.summary) continue;
         // When the command was in the ring (readable by jitlb), as Unix ns.
         const auto written = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -1602,8 +1602,8 @@ int main(int argc, char** argv) {
     push_cmd
         ->add_option("--max-in-flight", push.max_in_flight,
                      "keep at most this many grants in the ring and jitlb's verification backlog "
-                     "(read from its stats), so none is refused as backlog_full; the backlog read "
-                     "lags a tick behind the ring, so give under half the backlog's room (4096)")
+                     "(pushed here and not yet activated or rejected, by its stats), so none is "
+                     "refused as backlog_full; at most jitlb's backlog (4096)")
         ->check(CLI::PositiveNumber);
     push_cmd->add_flag("--summary", push.summary,
                        "print one line at the end instead of one per command (large scripts)");
