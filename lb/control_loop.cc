@@ -1,7 +1,11 @@
 // jitlb's main lcore (control_loop.h).
 #include "control_loop.h"
 
+#include <setjmp.h>
+#include <signal.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <span>
@@ -276,14 +280,93 @@ void ControlLoop::rebuild_private_indexes() {
 
 // --- the tick --------------------------------------------------------------------------------
 
+// jitd's cmd file is mapped, and jitd can shrink it (ftruncate) at any time:
+// the next read past its new end is a SIGBUS, which would kill jitlb. Every
+// access to that mapping happens on the main lcore inside guard_cmd_file, so
+// the handler turns a SIGBUS whose address lies in the mapping into a jump back
+// to the guard, which detaches from the file (and attaches again once jitd
+// lays it out anew). Any other SIGBUS keeps its previous disposition. What the
+// jump skips is at most one command's or event's work: no destructor of the
+// frames in between runs, so a decoded message's buffers may leak, once per
+// fault. A fault between a grant table change and its event loses the event
+// only; jitd's re-push is acknowledged, its re-sent revocation finds nothing.
+namespace {
+
+thread_local sigjmp_buf* t_cmd_jump = nullptr;
+thread_local const SharedFile* t_cmd_file = nullptr;
+struct sigaction g_previous_sigbus;
+
+void on_sigbus(int signal_number, siginfo_t* info, void* context) {
+    if (t_cmd_jump != nullptr && t_cmd_file != nullptr) {
+        const std::span<const uint8_t> mapped = t_cmd_file->bytes();
+        const auto* at = static_cast<const uint8_t*>(info->si_addr);
+        if (!mapped.empty() && at >= mapped.data() && at < mapped.data() + mapped.size())
+            siglongjmp(*t_cmd_jump, 1);
+    }
+    // Not ours: as it would have been without us (returning re-runs the
+    // faulting access, which then gets that disposition).
+    if ((g_previous_sigbus.sa_flags & SA_SIGINFO) != 0 && g_previous_sigbus.sa_sigaction != nullptr) {
+        g_previous_sigbus.sa_sigaction(signal_number, info, context);
+        return;
+    }
+    if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN &&
+        g_previous_sigbus.sa_handler != nullptr) {
+        g_previous_sigbus.sa_handler(signal_number);
+        return;
+    }
+    signal(SIGBUS, SIG_DFL);
+}
+
+void install_sigbus_handler() {
+    static const bool installed = [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_sigbus;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        return sigaction(SIGBUS, &sa, &g_previous_sigbus) == 0;
+    }();
+    (void)installed;
+}
+
+}  // namespace
+
+template <class F>
+bool ControlLoop::guard_cmd_file(F&& body) {
+    install_sigbus_handler();
+    sigjmp_buf jump;
+    sigjmp_buf* const outer = t_cmd_jump;
+    const SharedFile* const outer_file = t_cmd_file;
+    if (sigsetjmp(jump, 1) != 0) {  // 1: the signal mask (SIGBUS blocked in the handler) is restored
+        t_cmd_jump = outer;
+        t_cmd_file = outer_file;
+        ++stats_.cmd_file_faults;
+        last_error_ = fmt::format(
+            "{}: the command file shrank under jitlb's mapping (SIGBUS reading it): detached; "
+            "attaching again when jitd lays it out anew",
+            cmd_path_);
+        detach_cmd();
+        next_attach_ms_ = clock_.unix_ms() + kAttachRetryMs;
+        return false;
+    }
+    t_cmd_jump = &jump;
+    t_cmd_file = &cmd_file_;
+    body();
+    t_cmd_jump = outer;
+    t_cmd_file = outer_file;
+    return true;
+}
+
 TickReport ControlLoop::tick() {
-    return run_tick(true);
+    TickReport report;
+    guard_cmd_file([&] { report = run_tick(true); });
+    return report;
 }
 
 TickReport ControlLoop::drain_all() {
     TickReport total;
     for (;;) {
-        const TickReport r = run_tick(false);
+        TickReport r;
+        if (!guard_cmd_file([&] { r = run_tick(false); })) continue;  // detached: drain what is left
         total += r;
         if (r.ring_corrupt || (r.commands == 0 && backlog_size_ == 0)) break;
     }
@@ -674,7 +757,7 @@ void ControlLoop::note_grant(uint16_t service, const GrantId& id, int64_t not_af
 
 void ControlLoop::reload_keys(uint64_t command_sequence) {
     TickReport ignored;
-    reload_keys_now(command_sequence, ignored);
+    guard_cmd_file([&] { reload_keys_now(command_sequence, ignored); });
 }
 
 void ControlLoop::reload_keys_now(uint64_t command_sequence, TickReport& report) {
@@ -798,7 +881,7 @@ void ControlLoop::activated(const GrantId& id, uint32_t service, int64_t not_aft
 // and dropped. Events are advice; jitd reconciles from the state file.
 void ControlLoop::post_denial(const DenialSample& sample) {
     TickReport report;
-    post(Message{sample}, report);
+    guard_cmd_file([&] { post(Message{sample}, report); });
 }
 
 void ControlLoop::post(const Message& event, TickReport& report) {

@@ -131,6 +131,7 @@ struct ControlStats {
     uint64_t events_failed = 0;      // any other ring or encoding error (a bug or a corrupt peer)
     uint64_t cmd_attaches = 0;
     uint64_t cmd_attach_failures = 0;  // the cmd file exists but was refused (owner, mode, header)
+    uint64_t cmd_file_faults = 0;      // SIGBUS reading jitd's cmd file (it shrank under the mapping)
     uint64_t cmd_ring_corrupt = 0;     // ticks that found the command ring's frame broken
     uint64_t clock_offset_updates = 0;
 };
@@ -228,6 +229,10 @@ class ControlLoop {
     void maintain_cmd_file(int64_t now_ms);
     bool try_attach_cmd();
     void detach_cmd();
+    // Runs `body` with SIGBUS inside the cmd file's mapping turned into a
+    // detach (cmd_file_faults, last_error) instead of a crash; false then.
+    template <class F>
+    bool guard_cmd_file(F&& body);
     void publish_clock(int64_t now_ms);
     void drain_commands(int64_t now_ms, uint32_t limit, TickReport& report);
     void apply_command(uint64_t sequence, const Message& message, int64_t now_ms,

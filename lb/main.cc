@@ -342,9 +342,9 @@ std::string counters_json(const WorkerCounters& total, const std::vector<Service
     const ControlStats& c = control.stats();
     s += fmt::format(", \"control\": {{\"ticks\": {}, \"commands\": {}, \"grants_received\": {}, \"grants_verified\": {}, "
                      "\"grants_activated\": {}, \"backlog_high_water\": {}, \"revocations\": {}, \"grants_expired\": {}, "
-                     "\"events_posted\": {}, \"events_dropped\": {}}}",
+                     "\"events_posted\": {}, \"events_dropped\": {}, \"cmd_file_faults\": {}}}",
                      c.ticks, c.commands, c.grants_received, c.grants_verified, c.grants_activated, c.backlog_high_water,
-                     c.revocations, c.grants_expired, c.events_posted, c.events_dropped);
+                     c.revocations, c.grants_expired, c.events_posted, c.events_dropped, c.cmd_file_faults);
     s += ", \"services\": {";
     bool first = true;
     for (size_t id = 1; id < services.size(); ++id) {

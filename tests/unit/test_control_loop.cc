@@ -860,6 +860,51 @@ TEST_CASE("every command gets one answer while jitd pushes and reads from anothe
     CHECK(h.loop->grant_writer().revoked_ids() == kRevocations);
 }
 
+TEST_CASE(
+    "a cmd file that jitd shrinks under jitlb's mapping detaches it with an error and a counter, "
+    "never a SIGBUS crash, and jitlb attaches again once the file is laid out anew",
+    "[control]") {
+    Harness h;
+    const uint32_t web = h.define_service("web", 10);
+    const Grant before = h.grant("198.51.100.1/32");
+    REQUIRE(std::holds_alternative<GrantActivated>(h.push_and_tick(h.sign(before)).message));
+    const std::string cmd_path = cmd_file_path(h.dir.path, "test");
+
+    // A compromised jitd pushes a grant, then cuts its file to nothing.
+    h.push(h.sign(h.grant("198.51.100.2/32")));
+    REQUIRE(::truncate(cmd_path.c_str(), 0) == 0);
+    h.loop->tick();  // reads the ring past the new end: SIGBUS, caught
+    CHECK_FALSE(h.loop->cmd_attached());
+    CHECK(h.loop->stats().cmd_file_faults == 1);
+    CHECK_THAT(h.loop->last_error(), Catch::Contains("shrank"));
+    // Nothing else changed: the grant the table held still holds; the next ticks
+    // (and a denial sample) touch nothing of the cut file.
+    CHECK(h.lookup(web, v4(198, 51, 100, 1)) == LookupKind::granted);
+    h.clock.advance(1'000);
+    h.loop->tick();
+    h.loop->post_denial(DenialSample{});
+    CHECK_FALSE(h.loop->cmd_attached());
+    CHECK(h.loop->stats().cmd_file_faults == 1);
+
+    // jitd restarts: its file at full size, a new ring epoch. jitlb attaches
+    // again and the grant pushed again activates.
+    h.cmd = CmdRegion{};
+    h.cmd_file = SharedFile();
+    REQUIRE(::unlink(cmd_path.c_str()) == 0);
+    h.start_jitd();
+    h.clock.advance(1'000);
+    h.loop->tick();
+    REQUIRE(h.loop->cmd_attached());
+    h.commands.set_peer(h.state.cmd_consumer);
+    h.events = RingConsumer(h.state.event_slots, kRingSlotBytes, h.state.event_producer,
+                            h.cmd.event_consumer);
+    h.loop->tick();
+    h.drain_events();
+    CHECK(std::holds_alternative<GrantActivated>(
+        h.push_and_tick(h.sign(h.grant("198.51.100.3/32"))).message));
+    CHECK(h.lookup(web, v4(198, 51, 100, 3)) == LookupKind::granted);
+}
+
 // --- restart ---------------------------------------------------------------------------------
 
 TEST_CASE(
