@@ -204,7 +204,7 @@ ControlLoop::ControlLoop(const ControlConfig& config, ServiceTable& services, Cl
     backlog_.resize(config_.backlog_capacity);
     service_grants_until_ms_.assign(size_t{config_.service_capacity} + 1, 0);
     rebuild_private_indexes();
-    publish_clock(clock_.unix_ms());  // workers started before the first tick need it too
+    publish_clock();  // workers started before the first tick need it too
 }
 
 ControlLoop::~ControlLoop() = default;
@@ -378,7 +378,7 @@ TickReport ControlLoop::run_tick(bool capped) {
     const int64_t now_ms = clock_.unix_ms();
     ++stats_.ticks;
     publish_heartbeat(*region_.header, static_cast<uint64_t>(std::max<int64_t>(now_ms, 0)));
-    publish_clock(now_ms);
+    publish_clock();
     maintain_cmd_file(now_ms);
     if (cmd_file_) drain_commands(now_ms, config_.commands_per_tick, report);
     verify_backlog(capped ? config_.verify_per_tick : std::numeric_limits<uint32_t>::max(), now_ms,
@@ -390,16 +390,22 @@ TickReport ControlLoop::run_tick(bool capped) {
     return report;
 }
 
-// Workers compute Unix ticks as tsc + offset. Unix ms are truncated, so the
-// estimate wobbles by up to a millisecond: it is re-published only when it
-// moved by more than that (NTP slews at most 0.5 ms/s), so that workers do
-// not take a cache miss on the offset's line every tick.
-void ControlLoop::publish_clock(int64_t now_ms) {
-    const uint64_t unix_ticks = writer_->reader().ms_to_ticks(now_ms);
-    const int64_t offset = static_cast<int64_t>(unix_ticks - clock_.ticks());
+// Workers compute Unix ticks as tsc + offset, so a grant's not-after is kept
+// within the offset's error: the clock is sampled in microseconds, paired with
+// the TSC around it, and re-published when it moved by more than 50 us (NTP
+// slews at most 0.5 ms/s; a step shows at the next tick).
+void ControlLoop::publish_clock() {
+    int64_t unix_us = 0;
+    uint64_t ticks_at = 0;
+    if (!clock_.sample(unix_us, ticks_at) && clock_published_) return;  // try again next tick
+    // Whole seconds and the rest apart: no overflow for TSCs up to ~5 GHz until 2106.
+    const uint64_t us = static_cast<uint64_t>(std::max<int64_t>(unix_us, 0));
+    const uint64_t tps = config_.ticks_per_second;
+    const uint64_t unix_ticks = us / 1'000'000 * tps + us % 1'000'000 * tps / 1'000'000;
+    const int64_t offset = static_cast<int64_t>(unix_ticks - ticks_at);
     const uint64_t diff = static_cast<uint64_t>(offset) - static_cast<uint64_t>(published_offset_);
     const uint64_t distance = std::min(diff, uint64_t{0} - diff);
-    if (clock_published_ && distance <= config_.ticks_per_second / 1000) return;
+    if (clock_published_ && distance <= config_.ticks_per_second / 20'000) return;
     publish_clock_offset(*region_.header, offset);
     published_offset_ = offset;
     clock_published_ = true;

@@ -79,6 +79,14 @@ class Clock {
     virtual ~Clock();
     virtual int64_t unix_ms() = 0;
     virtual uint64_t ticks() = 0;
+    // Unix time in microseconds and the tick counter read together, for the
+    // clock offset workers add to their ticks; false when the two readings
+    // lie too far apart to pair (the thread was preempted between them).
+    virtual bool sample(int64_t& unix_us, uint64_t& ticks_at) {
+        unix_us = unix_ms() * 1000;
+        ticks_at = ticks();
+        return true;
+    }
 };
 
 // What one tick (or drain_all) did.
@@ -233,7 +241,7 @@ class ControlLoop {
     // detach (cmd_file_faults, last_error) instead of a crash; false then.
     template <class F>
     bool guard_cmd_file(F&& body);
-    void publish_clock(int64_t now_ms);
+    void publish_clock();
     void drain_commands(int64_t now_ms, uint32_t limit, TickReport& report);
     void apply_command(uint64_t sequence, const Message& message, int64_t now_ms,
                        TickReport& report);

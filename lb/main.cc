@@ -88,6 +88,17 @@ class TscClock final : public Clock {
         return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000 + shift_ms_;
     }
     uint64_t ticks() override { return rte_rdtsc(); }
+    // The TSC read on both sides of clock_gettime, paired with its midpoint;
+    // refused if more than 10 us passed between them.
+    bool sample(int64_t& unix_us, uint64_t& ticks_at) override {
+        timespec ts{};
+        const uint64_t before = rte_rdtsc();
+        clock_gettime(CLOCK_REALTIME, &ts);
+        const uint64_t after = rte_rdtsc();
+        unix_us = int64_t{ts.tv_sec} * 1'000'000 + ts.tv_nsec / 1'000 + shift_ms_ * 1000;
+        ticks_at = before + (after - before) / 2;
+        return after - before <= rte_get_tsc_hz() / 100'000;
+    }
 
   private:
     int64_t shift_ms_;
