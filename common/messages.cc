@@ -312,10 +312,7 @@ MessageFault put(Writer& w, const ServiceSet& m) {
     w.u8(static_cast<uint8_t>(m.vips.size()));
     for (const Vip& vip : m.vips) {
         JITLB_TRY(put_address(w, vip.address, "service_set.vip.address"));
-        if (vip.port == 0) {
-            return make_fault(MessageError::bad_value, w.offset(), "service_set.vip.port", 0);
-        }
-        w.u16(vip.port);
+        w.u16(vip.port);  // 0: no port, the 3-tuple mode
         const auto protocol = static_cast<uint8_t>(vip.protocol);
         if (!known_protocol(protocol)) {
             return make_fault(MessageError::bad_enum, w.offset(), "service_set.vip.protocol",
@@ -466,9 +463,7 @@ void get(Reader& r, ServiceSet& m) {
     for (Vip& vip : m.vips) {
         r.address(vip.address, "service_set.vip.address");
         at = r.offset();
-        if (r.get(vip.port, "service_set.vip.port") && vip.port == 0) {
-            r.fail(MessageError::bad_value, "service_set.vip.port", 0, at);
-        }
+        r.get(vip.port, "service_set.vip.port");  // 0: no port, the 3-tuple mode
         uint8_t protocol = 0;
         at = r.offset();
         if (r.get(protocol, "service_set.vip.protocol") && !known_protocol(protocol)) {

@@ -123,7 +123,7 @@ struct Revoke {
 
 struct Vip {
     IpAddress address;
-    uint16_t port = 0;  // 1..65535
+    uint16_t port = 0;  // 1..65535; 0: no port (3-tuple mode: every packet of the protocol, fragments too)
     L4Protocol protocol = L4Protocol::tcp;
     friend bool operator==(const Vip&, const Vip&) = default;
 };

@@ -158,7 +158,8 @@ void print_request(const ordered_json& r) {
     }
 }
 
-// "203.0.113.10:80/tcp", "[2001:db8::10]:443/udp" (protocol defaults to tcp).
+// "203.0.113.10:80/tcp", "[2001:db8::10]:443/udp" (protocol defaults to tcp);
+// without a port, "203.0.113.10/udp" or "[2001:db8::10]/udp": the 3-tuple mode.
 ordered_json parse_vip(const std::string& text) {
     std::string rest = text, proto = "tcp";
     if (const auto slash = rest.rfind('/'); slash != std::string::npos) {
@@ -166,11 +167,19 @@ ordered_json parse_vip(const std::string& text) {
         rest = rest.substr(0, slash);
     }
     std::string addr, port;
-    if (!rest.empty() && rest.front() == '[') {
+    if (!rest.empty() && rest.front() == '[' && rest.back() == ']') {
+        addr = rest.substr(1, rest.size() - 2);
+        port = "0";
+    } else if (!rest.empty() && rest.front() == '[') {
         const auto close = rest.find("]:");
-        if (close == std::string::npos) throw CtlError(2, fmt::format("--vip {}: write [IPV6]:PORT/PROTO", text));
+        if (close == std::string::npos) throw CtlError(2, fmt::format("--vip {}: write [IPV6]:PORT/PROTO or [IPV6]/PROTO", text));
         addr = rest.substr(1, close - 1);
         port = rest.substr(close + 2);
+    } else if (rest.find(':') == std::string::npos) {
+        addr = rest;
+        port = "0";
+    } else if (rest.find(':') != rest.rfind(':')) {
+        throw CtlError(2, fmt::format("--vip {}: write an IPv6 VIP in brackets: [IPV6]:PORT/PROTO or [IPV6]/PROTO", text));
     } else {
         const auto colon = rest.rfind(':');
         if (colon == std::string::npos) throw CtlError(2, fmt::format("--vip {}: write ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp", text));
@@ -180,6 +189,8 @@ ordered_json parse_vip(const std::string& text) {
     if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
         throw CtlError(2, fmt::format("--vip {}: port '{}' is not a number 1..65535", text, port));
     }
+    if (std::stoul(port) > 65535 || (std::stoul(port) == 0 && port != "0"))
+        throw CtlError(2, fmt::format("--vip {}: port '{}' is not a number 1..65535", text, port));
     return {{"address", addr}, {"port", std::stoul(port)}, {"protocol", proto}};
 }
 
@@ -409,7 +420,9 @@ int main(int argc, char** argv) {
     uint32_t sa_table = 65537;
     bool sa_echo = false, sa_replace = false;
     s_add->add_option("NAME", sa_name)->required();
-    s_add->add_option("--vip", sa_vips, "ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp or [2001:db8::10]:443/tcp")->required();
+    s_add->add_option("--vip", sa_vips, "ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp or [2001:db8::10]:443/tcp; "
+                                        "without a port (203.0.113.10/udp): every packet of the protocol to the "
+                                        "address, fragments too, hashed on source, VIP and protocol")->required();
     s_add->add_option("--mode", sa_mode, "ipip, gue or l2dsr")->capture_default_str();
     s_add->add_option("--gue-port", sa_gue_port, "outer UDP port for gue (default 6080)");
     s_add->add_option("--table-size", sa_table, "Maglev table size (prime)")->capture_default_str();

@@ -554,7 +554,10 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     size_t n_pending = 0;
     VipKey last_vip;
     const Service* last_service = nullptr;
+    bool last_three_tuple = false;
     bool have_last_vip = false;
+    uint32_t three_tuple = 0;  // bit i: packet i's service is a 3-tuple one (ports zeroed in its flow)
+    static_assert(kBurst <= 32);
 
     ForwardContext ctx{node_, {}, {}, counters_, too_big_limiter_, now};
     n_samples_ = 0;
@@ -606,25 +609,41 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             }
             continue;
         }
-        if (p.fragment != FragmentState::none) {
+        // Fragments reach only a VIP without a port (3-tuple mode): a later
+        // fragment has no ports, and one that claims them cannot be trusted.
+        const bool fragment = p.fragment != FragmentState::none;
+        if (fragment && !services.has_any_port_vip()) {
             counters_.add(Counter::drop_ip_fragment);
             continue;
         }
-        const FlowTuple& f = p.flow;
+        FlowTuple& f = p.flow;
         VipKey key;
         key.address = f.dst;
         key.family = f.version;
         key.protocol = f.proto;
-        key.port = f.dst_port;
+        key.port = fragment ? 0 : f.dst_port;
         // A burst mostly goes to few VIPs: the previous packet's service is reused.
         const Service* svc = nullptr;
-        if (p.l4_present) {
+        bool three = false;
+        if (p.l4_present || fragment) {
             if (!(have_last_vip && key == last_vip)) {
                 last_vip = key;
                 last_service = services.find(key);
+                last_three_tuple = key.port == 0;
+                if (last_service == nullptr && key.port != 0 && services.has_any_port_vip()) {
+                    VipKey any = key;
+                    any.port = 0;
+                    last_service = services.find(any);
+                    last_three_tuple = true;
+                }
                 have_last_vip = true;
             }
             svc = last_service;
+            three = last_three_tuple && svc != nullptr;
+        }
+        if (fragment && !three) {
+            counters_.add(Counter::drop_ip_fragment);
+            continue;
         }
         if (svc == nullptr) {
             if (is_node_address(f.version, f.dst.data())) {
@@ -674,6 +693,13 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             continue;
         }
         service_of[i] = svc;
+        if (three) {
+            // Every packet of (source, VIP, protocol) to one backend: one
+            // connection-table entry, one hash, fragments and all.
+            f.src_port = 0;
+            f.dst_port = 0;
+            three_tuple |= uint32_t{1} << i;
+        }
         keys[n_pending] = LookupKey::from_flow(f, svc->id);
         // Stage 3 looks the flow up in the connection table: start the load now.
         hashes[n_pending] = flow_hash(f, node_.flow_hash_seed);
@@ -706,9 +732,10 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                     break;
                 default: counters_.add(Counter::drop_grant_busy); break;
             }
-            // A tracked TCP flow whose grant ended: reset both ends.
+            // A tracked TCP flow whose grant ended: reset both ends (not in
+            // 3-tuple mode: its entry stands for many connections, ports unknown).
             if (p.flow.proto == 6 && !p.icmp_error && (p.tcp_flags & kTcpRst) == 0 &&
-                results[k].kind != LookupKind::busy) {
+                results[k].kind != LookupKind::busy && ((three_tuple >> i) & 1) == 0) {
                 const uint64_t hash = hashes[k];
                 ConnTable::Entry* e = conns_.find(p.flow, hash, now);
                 if (e != nullptr && e->service_id == svc.id &&
@@ -733,6 +760,8 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             continue;
         }
         const uint64_t hash = hashes[k];
+        // A FIN or RST ends a TCP flow's entry early, not a 3-tuple one's.
+        const bool closing = (p.tcp_flags & (kTcpFin | kTcpRst)) != 0 && ((three_tuple >> i) & 1) == 0;
         uint32_t backend = 0;
         ConnTable::Entry* e = conns_.find(p.flow, hash, now);
         if (e != nullptr && e->service_id == svc.id) {
@@ -742,7 +771,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                 counters_.add(Counter::drop_service_down);
                 continue;
             }
-            conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
+            conns_.touch(*e, now, closing);
         } else {
             // Every backend draining: tracked flows go on, new ones cannot.
             if (svc.maglev.empty()) {
@@ -764,7 +793,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                     e->service_generation = static_cast<uint32_t>(svc.generation);
                     e->backend = backend & 0x3fff;
                     e->backend_key = static_cast<uint32_t>(backend_key(svc.backends[backend]));
-                    conns_.touch(*e, now, (p.tcp_flags & (kTcpFin | kTcpRst)) != 0);
+                    conns_.touch(*e, now, closing);
                     counters_.add(Counter::conn_new);
                 } else {
                     counters_.add(Counter::conn_table_full);

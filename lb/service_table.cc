@@ -288,6 +288,7 @@ void ServiceTable::publish(std::vector<std::shared_ptr<const Service>> by_id) {
             uint64_t i = vip_hash(k) & snap->vip_mask_;
             while (snap->vip_slots_[i].service != nullptr) i = (i + 1) & snap->vip_mask_;
             snap->vip_slots_[i] = {k, s.get()};
+            snap->any_port_ |= k.port == 0;
             snap->vip_addresses_.push_back(vip.address);
             if ((s->flags & kServiceFlagAnswerEcho) != 0 && (s->flags & kServiceFlagDisabled) == 0)
                 snap->echo_addresses_.push_back(vip.address);

@@ -75,6 +75,10 @@ class ServiceSnapshot {
     uint64_t generation() const noexcept { return generation_; }
     // The service listening on (address, protocol, port), or nullptr.
     const Service* find(const VipKey& key) const noexcept;
+    // Whether some VIP has no port (port 0: the 3-tuple mode, every packet of
+    // the protocol to that address, fragments included, hashed on source,
+    // destination and protocol); find() with port 0 names its service.
+    bool has_any_port_vip() const noexcept { return any_port_; }
     // Whether `address` is any service's VIP (for ARP / ND replies).
     bool is_vip_address(const IpAddress& address) const noexcept;
     // Whether an ICMP echo to `address` (family, 4 or 16 bytes) is answered: a VIP
@@ -95,6 +99,7 @@ class ServiceSnapshot {
     size_t count_ = 0;
     std::vector<VipSlot> vip_slots_;  // power of two, load <= 1/2
     uint64_t vip_mask_ = 0;
+    bool any_port_ = false;
     std::vector<IpAddress> vip_addresses_;  // distinct, sorted
     std::vector<IpAddress> echo_addresses_;  // distinct, sorted
     std::vector<std::shared_ptr<const Service>> by_id_;  // index = id

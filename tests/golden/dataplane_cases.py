@@ -70,6 +70,9 @@ SERVICES = [
             [Backend("dsr-1", "10.3.0.1", mac="02:00:00:00:03:01")]),
     Service("maglev", "ipip", [("192.0.2.110", 80, "tcp")],
             [Backend(f"maglev-{i}", f"10.5.0.{i}") for i in range(1, 6)], table_size=65537),
+    # VIPs without a port (3-tuple mode): every UDP packet to them, fragments included.
+    Service("frag3", "ipip", [("192.0.2.130", 0, "udp"), ("2001:db8::130", 0, "udp")],
+            [Backend(f"frag3-{i}", f"10.7.0.{i}") for i in range(1, 4)]),
     Service("empty", "ipip", [("192.0.2.120", 80, "tcp")], []),
     Service("off", "ipip", [("192.0.2.121", 80, "tcp")], [Backend("off-1", "10.6.0.1")], disabled=True),
 ]
@@ -113,8 +116,8 @@ class GrantSpec:
 HOUR = 3600
 GRANTS = [
     *[GrantSpec(f"c4-{s}", f"{C4}/32", s, -60, HOUR)
-      for s in ("web", "mix46", "gue4", "gue6", "dsr", "empty", "off")],
-    *[GrantSpec(f"c6-{s}", f"{C6}/128", s, -60, HOUR) for s in ("web6", "mix64", "gue4", "gue6", "dsr")],
+      for s in ("web", "mix46", "gue4", "gue6", "dsr", "empty", "off", "frag3")],
+    *[GrantSpec(f"c6-{s}", f"{C6}/128", s, -60, HOUR) for s in ("web6", "mix64", "gue4", "gue6", "dsr", "frag3")],
     GrantSpec("c6net-web6", "2001:db8:cc::/64", "web6", -60, HOUR),
     GrantSpec("revoked", f"{C4_REVOKED}/32", "web", -60, HOUR, revoke=True),
     GrantSpec("wrong-service", f"{C4_WRONG}/32", "dsr", -60, HOUR),
@@ -186,9 +189,16 @@ def l3_of(frame):
     return ip, raw[:length]
 
 
+THREE_TUPLE = {(a, {"tcp": 6, "udp": 17}[p]) for s in SERVICES for a, port, p in s.vips if port == 0}
+
+
 def flow_of(frame):
-    """The 5-tuple the parser reads from a client frame (not ICMP errors: give those explicitly)."""
+    """The 5-tuple the parser reads from a client frame (not ICMP errors: give those explicitly);
+    to a VIP without a port, (src, dst, 0, 0, proto) for every packet, fragments included."""
     ip, _ = l3_of(frame)
+    proto = ip.proto if ip.version == 4 else (ip[IPv6ExtHdrFragment].nh if ip.haslayer(IPv6ExtHdrFragment) else ip.nh)
+    if (ip.dst, proto) in THREE_TUPLE:
+        return (ip.src, ip.dst, 0, 0, proto)
     l4 = ip.payload
     while not isinstance(l4, (TCP, UDP)):
         if not l4:  # scapy's NoPayload is its own payload: a frame it does not dissect to L4
@@ -646,6 +656,25 @@ def cases():
              drop("ip_fragment")),
         Case("IPv6 first fragment", [eth() / IPv6(src=C6, dst=WEB6) / IPv6ExtHdrFragment(m=1, id=7) /
                                      TCP(sport=40021, dport=80) / Raw(bytes(64))], drop("ip_fragment")),
+        # A VIP without a port (3-tuple mode) takes fragments: all of a datagram, and
+        # whole datagrams of the same source, to the one backend its (source, VIP, UDP) hashes to.
+        Case("3-tuple VIP: a UDP datagram in three IPv4 fragments, then a whole one -> one backend",
+             [eth() / IP(src=C4, dst="192.0.2.130", flags="MF", proto=17, id=31) /
+              Raw(bytes(UDP(sport=40030, dport=5353, len=8 + 96)) + bytes(40)),
+              eth() / IP(src=C4, dst="192.0.2.130", flags="MF", frag=6, proto=17, id=31) / Raw(bytes(32)),
+              eth() / IP(src=C4, dst="192.0.2.130", frag=10, proto=17, id=31) / Raw(bytes(24)),
+              udp(C4, "192.0.2.130", 9999, sport=40031)], ipip("frag3")),
+        Case("3-tuple VIP: IPv6 first and last fragments -> one backend",
+             [eth() / IPv6(src=C6, dst="2001:db8::130") / IPv6ExtHdrFragment(m=1, id=32, nh=17) /
+              Raw(bytes(UDP(sport=40032, dport=5353, len=8 + 80)) + bytes(40)),
+              eth() / IPv6(src=C6, dst="2001:db8::130") / IPv6ExtHdrFragment(m=0, offset=6, id=32, nh=17) /
+              Raw(bytes(40))], ipip("frag3")),
+        Case("3-tuple VIP: fragments from a source without a grant",
+             [eth() / IP(src=C4_NONE, dst="192.0.2.130", flags="MF", proto=17, id=33) /
+              Raw(bytes(UDP(sport=40033, dport=53, len=8 + 96)) + bytes(40)),
+              eth() / IP(src=C4_NONE, dst="192.0.2.130", frag=6, proto=17, id=33) / Raw(bytes(48))],
+             drop("no_grant")),
+        Case("3-tuple VIP: TCP to a UDP-only VIP without a port", [tcp(C4, "192.0.2.130", 80)], drop("unknown_vip")),
         Case("IPv6 atomic fragment (offset 0, no more): a whole packet, forwarded",
              [eth() / IPv6(src=C6, dst=WEB6) / IPv6ExtHdrFragment(m=0, id=8) / TCP(sport=40022, dport=80, flags="S")],
              ipip("web6")),

@@ -872,7 +872,7 @@ ServiceSet read_service_set(FieldReader& r) {
             r, *vips, "vips", "{\"address\", \"port\", \"protocol\"}", [&](FieldReader& v) {
                 Vip vip;
                 vip.address = read_address(v, "address");
-                vip.port = static_cast<uint16_t>(v.integer("port", true, 1, 65535).value_or(0));
+                vip.port = static_cast<uint16_t>(v.integer("port", true, 0, 65535).value_or(0));  // 0: 3-tuple
                 vip.protocol =
                     v.choice<L4Protocol>("protocol", true,
                                          {{"tcp", L4Protocol::tcp}, {"udp", L4Protocol::udp}})

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -413,6 +414,73 @@ TEST_CASE("packets for no service, a service that is down, or IP fragments are d
         CHECK(n.get(Counter::forwarded) == 0);
         CHECK(n.get(Counter::conn_new) == 0);
     }
+}
+
+TEST_CASE("a VIP without a port (3-tuple mode) takes every packet of its protocol, fragments included, to one "
+          "backend per source, only with a grant; a VIP with a port still drops every fragment",
+          "[pipeline][fragments]") {
+    constexpr uint16_t kFrag = 7;
+    TestNode n;
+    add_standard_services(n);
+    grant_standard_client(n);
+    n.apply(kFrag, service_set("frag", {vip("203.0.113.70", 0, L4Protocol::udp), vip("2001:db8::70", 0, L4Protocol::udp)}));
+    std::vector<Backend> pool;
+    for (int b = 1; b <= 8; ++b) pool.push_back(backend(("f" + std::to_string(b)).c_str(), ("172.16.7." + std::to_string(b)).c_str()));
+    n.apply({"frag", pool});
+    n.grant(kFrag, "198.51.100.0", 24);
+    n.grant(kFrag, "2001:db8::", 64);
+
+    // The outer destination (the backend) of a forwarded IPv4 or IPv6 packet, or "" when dropped.
+    const auto backend_of = [&](const Bytes& frame) -> std::string {
+        Buf b(pad_to_min(frame));
+        if (n.process(b) != Action::transmit) return "";
+        const uint8_t* d = b.pkt.data;
+        return d[14] >> 4 == 4 ? std::string(reinterpret_cast<const char*>(d + 14 + 16), 4)
+                               : std::string(reinterpret_cast<const char*>(d + 14 + 24), 16);
+    };
+    const auto udp4 = [](const char* src, uint16_t frag, const Bytes& l4) {
+        return eth4(ipv4({.src = wire(src), .dst = wire("203.0.113.70"), .proto = 17, .frag = frag}, l4));
+    };
+    for (int c = 1; c <= 40; ++c) {
+        const std::string src = "198.51.100." + std::to_string(c);
+        INFO(src);
+        const std::string first = backend_of(udp4(src.c_str(), 0x2000, udp(5000 + c, 53, 64)));
+        REQUIRE_FALSE(first.empty());
+        CHECK(backend_of(udp4(src.c_str(), 0x000a, Bytes(64, 0x5a))) == first);   // a later fragment, MF set
+        CHECK(backend_of(udp4(src.c_str(), 0x0014, Bytes(24, 0x5a))) == first);   // the last one
+        CHECK(backend_of(udp4(src.c_str(), 0, udp(6000 + c, 9999, 16))) == first);  // whole datagrams, other ports
+    }
+    // The 40 sources spread over the pool.
+    std::set<std::string> used;
+    for (int c = 1; c <= 40; ++c)
+        used.insert(backend_of(udp4(("198.51.100." + std::to_string(c)).c_str(), 0x00b9, Bytes(8, 1))));
+    CHECK(used.size() >= 4);
+    // IPv6: a fragment header, first and later.
+    const auto frag6 = [](uint16_t offset, bool more, const Bytes& l4) {
+        return eth6(ipv6({.src = wire("2001:db8::9"), .dst = wire("2001:db8::70"), .proto = 17,
+                          .ext = {ext_frag(offset, more)}}, l4));
+    };
+    const std::string v6first = backend_of(frag6(0, true, udp(7000, 53, 64)));
+    REQUIRE_FALSE(v6first.empty());
+    CHECK(backend_of(frag6(9, false, Bytes(32, 0x5a))) == v6first);
+
+    const uint64_t forwarded = n.get(Counter::forwarded);
+    // Without a grant for the source: dropped as no_grant, whole or in pieces.
+    CHECK(backend_of(udp4("192.0.2.77", 0x2000, udp(5000, 53, 64))).empty());
+    CHECK(backend_of(udp4("192.0.2.77", 0x000a, Bytes(64, 0x5a))).empty());
+    CHECK(n.get(Counter::drop_no_grant) == 2);
+    // TCP to the UDP-only VIP: no service.
+    CHECK(backend_of(eth4(tcp4("198.51.100.7", "203.0.113.70", 40000, 80))).empty());
+    CHECK(n.get(Counter::drop_unknown_vip) == 1);
+    // A VIP with a port drops fragments, first and later, as before.
+    CHECK(backend_of(eth4(ipv4({.src = wire("198.51.100.7"), .dst = wire("203.0.113.10"), .frag = 0x2000},
+                               tcp(40000, 80, 0x02, 64)))).empty());
+    CHECK(backend_of(eth4(ipv4({.src = wire("198.51.100.7"), .dst = wire("203.0.113.10"), .frag = 0x00b9},
+                               Bytes(64, 0x5a)))).empty());
+    CHECK(n.get(Counter::drop_ip_fragment) == 2);
+    CHECK(n.get(Counter::forwarded) == forwarded);
+    // A whole packet to the port service still forwards (its own lookup is untouched).
+    CHECK_FALSE(backend_of(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80))).empty());
 }
 
 TEST_CASE("each malformed frame is dropped and counted under its parser reason", "[pipeline][drops]") {
