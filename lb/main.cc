@@ -607,6 +607,17 @@ int main(int argc, char** argv) {
     for (auto& w : workers) worker_release(*w);
     control->tick();  // last events out
     publish_control_counters(*control, *main_counters);
+    // The ports' own counters, before they stop: what the PMD missed or could
+    // not allocate for (rx_nombuf) is loss jitlb's counters cannot see.
+    std::string ports_json;
+    for (const PortState& p : ports) {
+        rte_eth_stats st{};
+        if (rte_eth_stats_get(p.id, &st) != 0) continue;
+        ports_json += fmt::format("{}\"{}\": {{\"ipackets\": {}, \"opackets\": {}, \"imissed\": {}, \"ierrors\": {}, "
+                                  "\"oerrors\": {}, \"rx_nombuf\": {}}}",
+                                  ports_json.empty() ? "" : ", ", p.config.name, st.ipackets, st.opackets, st.imissed,
+                                  st.ierrors, st.oerrors, st.rx_nombuf);
+    }
     for (PortState& p : ports) {
         rte_eth_dev_stop(p.id);
         rte_eth_dev_close(p.id);
@@ -624,7 +635,8 @@ int main(int argc, char** argv) {
             per_service[id].packets += w->per_service[id].packets;
             per_service[id].bytes += w->per_service[id].bytes;
         }
-    const std::string json = counters_json(total, per_service, *control);
+    std::string json = counters_json(total, per_service, *control);
+    json.insert(json.size() - 1, ", \"ports\": {" + ports_json + "}");
     std::printf("jitlb: counters %s\n", json.c_str());
     if (!stats_json.empty()) {
         std::ofstream out(stats_json);
