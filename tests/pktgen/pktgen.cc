@@ -125,8 +125,9 @@ struct alignas(64) Worker {
 void worker_reset(Worker& w) {
     w.stats.reset();
     w.latency.clear();
-    std::fill(w.rx.begin(), w.rx.end(), FlowRx{});
-    std::fill(w.tx_seq.begin(), w.tx_seq.end(), 0u);
+    // Sequence numbers go on from trial to trial: a frame still in flight from
+    // the last one (a slow device, a drain cut short) is told apart as stale.
+    for (size_t f = 0; f < w.rx.size(); ++f) w.rx[f] = FlowRx{.floor = f < w.tx_seq.size() ? w.tx_seq[f] : 0};
 }
 
 // One pass of TX: at most one burst on each port.

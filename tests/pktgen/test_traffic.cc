@@ -193,6 +193,13 @@ TEST_CASE("what comes back through IP-in-IP, GUE, L2 DSR or a reflector is class
                 CHECK(s.check(s.encapsulated(s.frame(1, 100, 780), b, kind)).verdict == RxVerdict::ok);
                 CHECK(s.check(s.encapsulated(s.frame(1, 4, 781), b, kind)).verdict == RxVerdict::reordered);  // beyond the window
                 CHECK(s.rx[1].packets == 4);
+                // A new trial: sequence numbers go on from 100; what was sent before is stale.
+                s.rx[1] = FlowRx{.floor = 100};
+                CHECK(s.check(s.encapsulated(s.frame(1, 100, 782), b, kind)).verdict == RxVerdict::stale);
+                CHECK(s.check(s.encapsulated(s.frame(1, 7, 783), b, kind)).verdict == RxVerdict::stale);
+                CHECK(s.check(s.encapsulated(s.frame(1, 101, 784), b, kind)).verdict == RxVerdict::ok);
+                CHECK(s.rx[1].packets == 1);
+                s.rx[1] = FlowRx{.floor = 0, .highest = 101, .window = 1, .backend = 1};
                 // The flow moves to the other backend: misforwarded.
                 CHECK(s.check(s.encapsulated(s.frame(1, 101, 0), s.c.services[0].backends[0], kind)).verdict ==
                       RxVerdict::misforwarded);

@@ -91,6 +91,7 @@ std::string_view verdict_name(RxVerdict v) {
         case RxVerdict::duplicate: return "duplicate";
         case RxVerdict::reordered: return "reordered";
         case RxVerdict::foreign: return "foreign";
+        case RxVerdict::stale: return "stale";
         case RxVerdict::count_: break;
     }
     return "?";
@@ -467,6 +468,13 @@ RxResult RxChecker::check(const uint8_t* frame, uint32_t len, std::span<FlowRx> 
         r.verdict = RxVerdict::leaked;
         return r;
     }
+    FlowRx& st = state[flow];
+    // Sent in an earlier trial (sequence numbers go on across trials): judged
+    // there, or lost to it; not this trial's duplicate or reordered frame.
+    if (seq <= st.floor) {
+        r.verdict = RxVerdict::stale;
+        return r;
+    }
     // Where it went.
     uint32_t backend = 0;
     const bool plain = kind == Expect::reflect;
@@ -482,7 +490,6 @@ RxResult RxChecker::check(const uint8_t* frame, uint32_t len, std::span<FlowRx> 
         for (uint32_t i = 0; i < s.backend_macs.size(); ++i)
             if (std::memcmp(s.backend_macs[i].data(), frame, 6) == 0) backend = i;
     }
-    FlowRx& st = state[flow];
     if (backend == UINT32_MAX || (st.backend != UINT32_MAX && st.backend != backend)) {
         r.verdict = RxVerdict::misforwarded;
         return r;

@@ -189,12 +189,14 @@ enum class RxVerdict : uint8_t {
     duplicate,     // this flow's sequence number was seen already
     reordered,     // older than a sequence number already seen in this flow
     foreign,       // not a frame of ours (ARP, a frame of another generator, ...)
+    stale,         // a frame of an earlier trial, still in flight when this one began
     count_
 };
 std::string_view verdict_name(RxVerdict v);
 
 // Per-flow receive state (reset every trial).
 struct FlowRx {
+    uint32_t floor = 0;      // the last sequence number sent before this trial: at or below is stale
     uint32_t highest = 0;    // highest sequence number seen (0: none yet)
     uint64_t window = 0;     // bit i: highest - i seen
     uint32_t backend = UINT32_MAX;  // index of the backend it went to
