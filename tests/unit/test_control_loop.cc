@@ -973,6 +973,45 @@ TEST_CASE(
     CHECK(h.rejected(signed_grants[3]).reason == GrantRejectReason::revoked);
 }
 
+TEST_CASE("a grant table that cannot be reopened, or was made for another capacity, starts empty and says why",
+          "[control]") {
+    SECTION("its header is damaged") {
+        Harness h;
+        const uint32_t web = h.define_service("web", 10);
+        REQUIRE(std::holds_alternative<GrantActivated>(h.push_and_tick(h.sign(h.grant("198.51.100.1/32"))).message));
+        const auto* file_start = reinterpret_cast<const uint8_t*>(h.loop->state().header);
+        const auto* table = reinterpret_cast<const uint8_t*>(h.loop->state().grant_table.data());
+        const off_t magic_at = static_cast<off_t>(table - file_start);
+        h.loop.reset();
+        const int fd = ::open(state_file_path(h.dir.path, "test").c_str(), O_RDWR | O_CLOEXEC);
+        REQUIRE(fd >= 0);
+        const uint64_t garbage = 0x0123456789abcdefull;
+        REQUIRE(::pwrite(fd, &garbage, 8, magic_at) == 8);
+        ::close(fd);
+        h.start_jitlb();
+        CHECK_FALSE(h.loop->start().grant_table_reopened);
+        CHECK_THAT(h.loop->start().grant_table_note, Catch::Contains("could not be reopened"));
+        CHECK(h.lookup(web, v4(198, 51, 100, 1)) == LookupKind::no_grant);
+        // jitd re-pushes: the grant is verified again and active.
+        CHECK(h.define_service("web", 10) == web);
+        CHECK(std::holds_alternative<GrantActivated>(h.push_and_tick(h.sign(h.grant("198.51.100.2/32"))).message));
+        CHECK(h.lookup(web, v4(198, 51, 100, 2)) == LookupKind::granted);
+    }
+    SECTION("the configuration asks for another capacity") {
+        Harness h;
+        const uint32_t web = h.define_service("web", 10);
+        REQUIRE(std::holds_alternative<GrantActivated>(h.push_and_tick(h.sign(h.grant("198.51.100.1/32"))).message));
+        h.loop.reset();
+        h.config.grant_capacity = 4096;
+        h.start_jitlb();
+        CHECK_FALSE(h.loop->start().grant_table_reopened);
+        CHECK(h.loop->grant_writer().config().capacity == 4096);
+        CHECK(h.define_service("web", 10) >= 1);
+        CHECK(h.lookup(h.loop->service_id("web"), v4(198, 51, 100, 1)) == LookupKind::no_grant);
+        (void)web;
+    }
+}
+
 TEST_CASE("a restarted jitlb drops the grants of an issuer key removed while it was down",
           "[control]") {
     Harness h;
