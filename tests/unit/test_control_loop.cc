@@ -905,6 +905,25 @@ TEST_CASE(
     CHECK(h.lookup(web, v4(198, 51, 100, 3)) == LookupKind::granted);
 }
 
+TEST_CASE("a revocation with a far not-after is kept only until the latest end of any grant jitlb would accept",
+          "[control]") {
+    Harness h;  // horizon 24 h, skew 2 s, longest grant 24 h
+    h.define_service("web", 10);
+    const Grant g = h.grant("198.51.100.1/32");
+    REQUIRE(std::holds_alternative<GrantActivated>(h.push_and_tick(h.sign(g)).message));
+    // A compromised jitd asks to keep the id forever.
+    h.send(Revoke{g.grant_id, UINT64_MAX / 2, RevokeReason::by_operator});
+    REQUIRE(events_of<GrantRevoked>(h.tick_events()).size() == 1);
+    REQUIRE(h.loop->grant_writer().revoked_ids() == 1);
+    const int64_t latest_end = 24 * kHour + 2'000 + 24 * kHour;
+    h.clock.advance(latest_end - 60'000);
+    for (int i = 0; i < 3; ++i) h.loop->tick();
+    CHECK(h.loop->grant_writer().revoked_ids() == 1);  // a grant accepted now could still be live
+    h.clock.advance(120'000);
+    for (int i = 0; i < 3; ++i) h.loop->tick();
+    CHECK(h.loop->grant_writer().revoked_ids() == 0);  // pruned: nothing it names can be valid
+}
+
 // --- restart ---------------------------------------------------------------------------------
 
 TEST_CASE(
