@@ -155,7 +155,7 @@ def socket_checks():
           f"nobody is not in {SOCKET_GROUP} (the test's premise)")
     for args in (("status",), ("ls", "grants"), ("request", "web", "--source", "198.51.100.7", "--for", "5m")):
         rc, out, err = ctl(*args, as_group=outsider_group)
-        check(rc == 3 and "Permission denied" in err,
+        check(rc == 3 and "Permission denied" in err and "socket_group" in err,
               f"nobody, not in {SOCKET_GROUP}: `jitctl {args[0]}` cannot connect (exit 3, Permission denied)",
               f"rc {rc}: {out}{err}")
     # The same user with the socket's group as its only group is let in, as a
