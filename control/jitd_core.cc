@@ -1235,7 +1235,7 @@ void Jitd::shutdown() {
         commit({"jitd", "jitd.stop", config_.instance, "ok", "", ordered_json::object()}, [] {});
         audit_->checkpoint_now(now_());
     } catch (const std::exception& e) {
-        log(fmt::format("the stop is not in the audit log: {}", e.what()));
+        log(fmt::format("could not record the stop: {}", e.what()));
     }
 }
 

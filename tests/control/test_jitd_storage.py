@@ -11,13 +11,16 @@ Mode `full` (a tmpfs of a few MiB mounted on the state directory):
   - room made again: the next call succeeds without a restart;
   - a kill -9 and a restart: every acknowledged grant is there in its state,
     and the audit log verifies (through jitd, and offline with the stored head);
+  - SIGTERM while the disk is full: jitd stops cleanly (exit 0) and says the
+    stop could not be recorded;
   - the state directory mounted read-only: jitd refuses to start and says why;
     mounted writable again, it starts with everything acknowledged.
 Mode `readonly` (ext4 on a loop device, mounted errors=remount-ro): the
 filesystem turns read-only under a running jitd (an ext4 error triggered
 through sysfs, as a failing disk does), then the same: calls fail with a clear
 error, jitd keeps answering reads, and after an fsck and a restart on the
-repaired filesystem every acknowledged grant is there and the log verifies.
+repaired filesystem every acknowledged grant is there and the log verifies
+(SIGTERM on the read-only disk: a clean stop, as above).
 
 Everything runs in a private mount namespace (the script re-executes itself
 under `unshare -m`), so the mounts vanish with it even if the test dies.
@@ -272,6 +275,20 @@ def check_after_restart(acked, label):
           "its commit failed", str(unexplained[:3]))
 
 
+def stop_cleanly(jitd, label):
+    """SIGTERM: jitd stops with exit 0 and says the stop could not be logged."""
+    mark = len(open(LOG).read())
+    jitd.send_signal(signal.SIGTERM)
+    try:
+        rc = jitd.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        rc = None
+    said = log_since(mark)
+    check(rc == 0 and "could not record the stop" in said and "stopped" in said,
+          f"{label}: SIGTERM stops jitd cleanly (exit 0), saying it could not record the stop",
+          f"rc {rc}: {said[-1500:]}")
+
+
 def fill(path):
     """Writes `path` until the filesystem is full; returns the bytes written."""
     n = 0
@@ -326,14 +343,15 @@ def phase_full():
 
     jitd.kill()
     jitd.wait()
-    start_jitd()
+    jitd = start_jitd()
     check_after_restart(acked, "disk full, then kill -9")
 
+    # A stop while the disk is full: clean all the same.
+    fill(filler)
+    stop_cleanly(jitd, "disk full")
+    os.unlink(filler)
+
     # Read-only at start: the same directory, remounted read-only.
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=10)
     mount("-o", "remount,ro", STATE)
     mark = len(open(LOG).read())
     p = spawn_jitd()
@@ -389,8 +407,7 @@ def phase_readonly():
     time.sleep(0.5)
     check(jitd.poll() is None, "read-only disk: jitd is still running", log_since(mark)[-2000:])
 
-    jitd.kill()
-    jitd.wait()
+    stop_cleanly(jitd, "read-only disk")
     r = run("umount", STATE)
     if check(r.returncode == 0, "the failed filesystem unmounts", r.stderr):
         mounted.remove(STATE)
