@@ -69,9 +69,13 @@ ordered_json call(const Globals& g, const ordered_json& request) {
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
         const int err = errno;
         ::close(fd);
-        throw CtlError(3, fmt::format("cannot reach jitd at {}: {} (is jitd running? give "
-                                      "--socket or JITD_SOCKET)",
-                                      g.socket, std::strerror(err)));
+        throw CtlError(3, fmt::format("cannot reach jitd at {}: {} ({})", g.socket,
+                                      std::strerror(err),
+                                      err == EACCES
+                                          ? "you may not connect: jitd's socket_mode and "
+                                            "socket_group decide who may; ask to be added to "
+                                            "that group, then log in again"
+                                          : "is jitd running? give --socket or JITD_SOCKET"));
     }
     timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

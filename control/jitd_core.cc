@@ -226,12 +226,53 @@ void Jitd::rate_limit(const Caller& c) {
     b.tokens -= 1.0;
 }
 
-void Jitd::commit(const AuditEvent& event, const std::function<void()>& change) {
-    const AuditHead head = audit_->append(event, now_());
-    store_->transaction([&] {
-        change();
-        store_->set_audit_head({head.seq, hex_of(head.hash)});
-    });
+void Jitd::commit(const std::vector<AuditEvent>& events, const std::function<void()>& change) {
+    // What an earlier failed commit could not say yet comes first.
+    while (!unwritten_store_failures_.empty()) {
+        audit_->append(unwritten_store_failures_.front(), now_());
+        unwritten_store_failures_.erase(unwritten_store_failures_.begin());
+    }
+    std::vector<uint64_t> written;  // seqs of this commit's lines in the log
+    AuditHead head = audit_->head();
+    try {
+        for (const AuditEvent& event : events) {
+            const uint64_t seq = audit_->head().seq + 1;
+            head = audit_->append(event, now_());
+            written.push_back(seq);
+        }
+        store_->transaction([&] {
+            change();
+            store_->set_audit_head({head.seq, hex_of(head.hash)});
+        });
+    } catch (const std::exception& e) {
+        if (written.empty()) throw;
+        // The log holds lines for a change that is not stored: say so, so that
+        // nobody reads them as done.
+        ordered_json actions = ordered_json::array();
+        for (const AuditEvent& event : events) actions.push_back(event.action);
+        AuditEvent failed{"jitd", "store.failed", events.front().object, "failed", e.what(),
+                          {{"seqs", written}, {"actions", actions}}};
+        try {
+            audit_->append(failed, now_());
+        } catch (const std::exception&) {
+            unwritten_store_failures_.push_back(std::move(failed));
+        }
+        throw;
+    }
+}
+
+// A call jitd could not write down (a full or read-only disk, an I/O error):
+// refused as a whole, with the cause.
+ordered_json Jitd::storage_error(const json& request, const std::string& what) {
+    log(fmt::format("cannot record {}: {}", request.value("op", "?"), what));
+    return ordered_json{
+        {"ok", false},
+        {"error",
+         {{"code", "storage"},
+          {"message", fmt::format("jitd cannot record the call: {}. It is not acknowledged; make "
+                                  "room on that filesystem, or repair it and restart jitd (reads "
+                                  "still work)",
+                                  what)}}}};
 }
 
 ordered_json Jitd::handle(const json& request, const Caller& caller) {
@@ -244,6 +285,10 @@ ordered_json Jitd::handle(const json& request, const Caller& caller) {
         return reply;
     } catch (const ApiError& e) {
         return ordered_json{{"ok", false}, {"error", {{"code", e.code}, {"message", e.what()}}}};
+    } catch (const AuditError& e) {
+        return storage_error(request, e.what());
+    } catch (const StoreError& e) {
+        return storage_error(request, e.what());
     } catch (const PolicyError& e) {
         return ordered_json{{"ok", false}, {"error", {{"code", "policy_error"}, {"message", e.what()}}}};
     } catch (const std::exception& e) {
@@ -423,21 +468,24 @@ ordered_json Jitd::op_request(const json& req, const Caller& c) {
     r.decided_by = "policy";
     r.decision_reason = fmt::format("auto-approved by rule {}", d.rule);
     ev.result = "approved";
-    commit(ev, [&] { store_->put_request(r); });
-    const GrantRow g = issue(r.id, c.user, service, *source, r.not_before_ms, duration_ms, "policy",
-                             r.decision_reason);
-    r.grant_id = g.id;
-    r.updated_ms = now_();
-    store_->transaction([&] { store_->put_request(r); });
+    const Issued g = sign_new_grant(r.id, c.user, service, *source, r.not_before_ms, duration_ms,
+                                    "policy", r.decision_reason);
+    r.grant_id = g.row.id;
+    commit({ev, g.event}, [&] {
+        store_->put_request(r);
+        store_->put_grant(g.row);
+    });
+    push_after_commit();
     ordered_json out;
     out["request"] = request_json(r);
-    out["grant"] = grant_json(g);
+    out["grant"] = grant_json(store_->grant(g.row.id).value_or(g.row));
     return out;
 }
 
-GrantRow Jitd::issue(const std::string& request_id, const std::string& subject,
-                     const std::string& service, const IpPrefix& source, int64_t not_before_ms,
-                     int64_t duration_ms, const std::string& actor, const std::string& reason) {
+Jitd::Issued Jitd::sign_new_grant(const std::string& request_id, const std::string& subject,
+                                  const std::string& service, const IpPrefix& source,
+                                  int64_t not_before_ms, int64_t duration_ms,
+                                  const std::string& actor, const std::string& reason) {
     if (!issuer_) {
         throw ApiError("no_issuer_key", "jitd holds no issuer key (issuer_key in its config): it "
                                         "cannot sign grants");
@@ -478,9 +526,15 @@ GrantRow Jitd::issue(const std::string& request_id, const std::string& subject,
                  {"source", g.source}, {"not_before_ms", g.not_before_ms},
                  {"not_after_ms", g.not_after_ms}, {"state", g.state},
                  {"issuer_key_id", key_id_hex(issuer_->key_id())}};
-    commit(ev, [&] { store_->put_grant(g); });
-    push_due_grants();
-    return store_->grant(g.id).value_or(g);
+    return {std::move(g), std::move(ev)};
+}
+
+void Jitd::push_after_commit() {
+    try {
+        push_due_grants();
+    } catch (const std::exception& e) {
+        log(fmt::format("pushing grants: {} (the tick tries again)", e.what()));
+    }
 }
 
 ordered_json Jitd::op_withdraw(const json& req, const Caller& c) {
@@ -500,12 +554,14 @@ ordered_json Jitd::op_withdraw(const json& req, const Caller& c) {
     r->state = "withdrawn";
     r->updated_ms = now_();
     AuditEvent ev{actor_of(c), "request.withdraw", id, "ok", reason, {{"was", prior}}};
-    commit(ev, [&] { store_->put_request(*r); });
-    if (!r->grant_id.empty()) {
-        if (auto g = store_->grant(r->grant_id); g && contains(kLiveGrantStates, g->state)) {
-            end_grant(*g, "revoked", RevokeReason::request_withdrawn, actor_of(c),
-                      "request withdrawn");
-        }
+    std::optional<GrantRow> g;
+    if (!r->grant_id.empty()) g = store_->grant(r->grant_id);
+    if (g && contains(kLiveGrantStates, g->state)) {
+        // The request and its grant end together, or neither does.
+        end_grant(*g, "revoked", RevokeReason::request_withdrawn, actor_of(c), "request withdrawn",
+                  {ev}, [&] { store_->put_request(*r); });
+    } else {
+        commit(ev, [&] { store_->put_request(*r); });
     }
     return {{"request", request_json(*r)}};
 }
@@ -545,14 +601,19 @@ ordered_json Jitd::op_decide(const json& req, const Caller& c, bool approve) {
     std::string why;
     const auto source = parse_ip_prefix(r->source, &why);
     r->state = "approved";
-    commit({actor_of(c), "request.approve", id, "ok", reason, ordered_json::object()},
-           [&] { store_->put_request(*r); });
     // A request approved after its start runs for its duration from now.
-    const GrantRow g = issue(r->id, r->user, r->service, *source, std::max(now, r->not_before_ms),
-                             r->duration_ms, actor_of(c), reason);
-    r->grant_id = g.id;
-    store_->transaction([&] { store_->put_request(*r); });
-    return {{"request", request_json(*r)}, {"grant", grant_json(g)}};
+    const Issued g = sign_new_grant(r->id, r->user, r->service, *source,
+                                    std::max(now, r->not_before_ms), r->duration_ms, actor_of(c),
+                                    reason);
+    r->grant_id = g.row.id;
+    commit({{actor_of(c), "request.approve", id, "ok", reason, ordered_json::object()}, g.event},
+           [&] {
+               store_->put_request(*r);
+               store_->put_grant(g.row);
+           });
+    push_after_commit();
+    return {{"request", request_json(*r)},
+            {"grant", grant_json(store_->grant(g.row.id).value_or(g.row))}};
 }
 
 ordered_json Jitd::op_ls_requests(const json& req, const Caller& c) {
@@ -583,7 +644,8 @@ ordered_json Jitd::op_ls_grants(const json& req, const Caller& c) {
 }
 
 void Jitd::end_grant(GrantRow g, const std::string& state, RevokeReason reason,
-                     const std::string& actor, const std::string& why) {
+                     const std::string& actor, const std::string& why,
+                     std::vector<AuditEvent> before, const std::function<void()>& also) {
     // A revocation goes to jitlb before it is written down: it only closes
     // access, so it need not wait for the disk (after a crash in between,
     // jitlb's revoked set refuses the grant when jitd pushes it again).
@@ -601,9 +663,27 @@ void Jitd::end_grant(GrantRow g, const std::string& state, RevokeReason reason,
     g.state = state;
     g.state_reason = why;
     g.updated_ms = now_();
-    AuditEvent ev{actor, state == "revoked" ? "grant.revoke" : "grant." + state, g.id, "ok", why,
-                  {{"service", g.service}, {"source", g.source}}};
-    commit(ev, [&] { store_->put_grant(g); });
+    AuditEvent ended{actor, state == "revoked" ? "grant.revoke" : "grant." + state, g.id, "ok",
+                     why, {{"service", g.service}, {"source", g.source}}};
+    before.push_back(std::move(ended));
+    const auto change = [&] {
+        if (also) also();
+        store_->put_grant(g);
+    };
+    if (state != "revoked" || !link_) {
+        commit(before, change);
+        return;
+    }
+    const std::string sent_anyway =
+        " (the revocation goes to jitlb all the same: the grant may end there before jitd "
+        "records it)";
+    try {
+        commit(before, change);
+    } catch (const AuditError& e) {
+        throw StoreError(e.what() + sent_anyway);
+    } catch (const StoreError& e) {
+        throw StoreError(e.what() + sent_anyway);
+    }
 }
 
 ordered_json Jitd::op_revoke(const json& req, const Caller& c) {
@@ -648,9 +728,11 @@ ordered_json Jitd::op_grant(const json& req, const Caller& c) {
     std::string subject = str_field(req, "subject", false);
     if (subject.empty()) subject = c.user;
     const std::string reason = reason_field(req);
-    const GrantRow g =
-        issue("", subject, service, *source, std::max(start, now), duration_ms, actor_of(c), reason);
-    return {{"grant", grant_json(g)}};
+    const Issued g = sign_new_grant("", subject, service, *source, std::max(start, now),
+                                    duration_ms, actor_of(c), reason);
+    commit(g.event, [&] { store_->put_grant(g.row); });
+    push_after_commit();
+    return {{"grant", grant_json(store_->grant(g.row.id).value_or(g.row))}};
 }
 
 ordered_json Jitd::op_push(const json& req, const Caller& c) {
@@ -688,8 +770,8 @@ ordered_json Jitd::op_push(const json& req, const Caller& c) {
                    {"issuer_key_id", key_id_hex(grant.issuer_key_id)},
                    {"not_after_ms", g.not_after_ms}}};
     commit(ev, [&] { store_->put_grant(g); });
-    push_due_grants();
-    return {{"grant", grant_json(*store_->grant(id))}};
+    push_after_commit();
+    return {{"grant", grant_json(store_->grant(id).value_or(g))}};
 }
 
 bool Jitd::push_service(const ServiceSpec& spec) {
@@ -1047,15 +1129,48 @@ void Jitd::on_event(const DecodedMessage& event) {
         event.message);
 }
 
+void Jitd::resend_unsent_revocations(int64_t now) {
+    if (!link_) return;
+    // Revocations the ring did not take: again until it does.
+    for (auto it = unsent_revocations_.begin(); it != unsent_revocations_.end();) {
+        const auto g = store_->grant(*it);
+        if (!g || g->not_after_ms <= now ||
+            link_->send(Revoke{*parse_grant_id_hex(g->id), static_cast<uint64_t>(g->not_after_ms),
+                               RevokeReason::by_operator})
+                .ok()) {
+            it = unsent_revocations_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
 void Jitd::tick() {
     const int64_t now = now_();
+    std::string error;
+    // Each step on its own: one that cannot write (a full disk) must not keep
+    // the others, revocations above all, from running.
+    const auto step = [&](const std::function<void()>& body) {
+        try {
+            body();
+        } catch (const std::exception& e) {
+            if (error.empty()) error = e.what();
+        }
+    };
+    if (!tick_error_.empty() && now - tick_error_ms_ < kTickRetryMs) {
+        step([&] { resend_unsent_revocations(now); });  // sends only: they need no disk
+        return;
+    }
     if (link_) {
-        const PeerStatus s = link_->poll();
+        PeerStatus s{};
+        step([&] { s = link_->poll(); });
         // Events first: popping attaches our event consumer to a restarted
         // jitlb's new event ring, so its answers to the re-push below land.
-        link_->drain_events(
-            1024, [&](const DecodedMessage& e) { on_event(e); },
-            [&](const std::string& why) { log(why); });
+        step([&] {
+            link_->drain_events(
+                1024, [&](const DecodedMessage& e) { on_event(e); },
+                [&](const std::string& why) { log(why); });
+        });
         // A new jitlb, a (re)attach, or a send that failed: everything jitlb
         // should hold goes again, once jitlb is attached to our ring (before
         // that, every push is refused as not_attached).
@@ -1072,24 +1187,22 @@ void Jitd::tick() {
                 if (reconcile_why_.empty()) reconcile_why_ = "jitlb attached to the command ring";
             }
             if (reconcile_pending_) {
-                reconcile(reconcile_why_.empty() ? "a push that failed earlier" : reconcile_why_);
-                reconcile_why_.clear();
+                step([&] {
+                    try {
+                        reconcile(reconcile_why_.empty() ? "a push that failed earlier"
+                                                         : reconcile_why_);
+                    } catch (...) {
+                        reconcile_pending_ = true;  // all of it again at the next tick
+                        throw;
+                    }
+                    reconcile_why_.clear();
+                });
             }
         }
-        // Revocations the ring did not take: again until it does.
-        for (auto it = unsent_revocations_.begin(); it != unsent_revocations_.end();) {
-            const auto g = store_->grant(*it);
-            if (!g || g->not_after_ms <= now ||
-                link_->send(Revoke{*parse_grant_id_hex(g->id), static_cast<uint64_t>(g->not_after_ms),
-                                   RevokeReason::by_operator})
-                    .ok()) {
-                it = unsent_revocations_.erase(it);
-            } else {
-                ++it;
-            }
-        }
+        step([&] { resend_unsent_revocations(now); });
     }
-    if (now - last_retry_ms_ >= kRetryMs) {
+    step([&] {
+        if (now - last_retry_ms_ < kRetryMs) return;
         last_retry_ms_ = now;
         // Superseded renewals are pushed again until the entry they renew
         // ends; a push whose answer was lost (events dropped) is pushed again
@@ -1099,15 +1212,31 @@ void Jitd::tick() {
             g.state = "ready";
             store_->transaction([&] { store_->put_grant(g); });
         }
+    });
+    step([&] { push_due_grants(); });
+    step([&] { expire_due(); });
+    step([&] { audit_->checkpoint_if_due(now); });
+    if (!error.empty()) {
+        if (error != tick_error_) {
+            log(fmt::format("cannot record what the tick found: {} (tried again every {} ms; calls "
+                            "that change state fail meanwhile)",
+                            error, kTickRetryMs));
+        }
+        tick_error_ = error;
+        tick_error_ms_ = now;
+    } else if (!tick_error_.empty()) {
+        log("the tick records again");
+        tick_error_.clear();
     }
-    push_due_grants();
-    expire_due();
-    audit_->checkpoint_if_due(now);
 }
 
 void Jitd::shutdown() {
-    commit({"jitd", "jitd.stop", config_.instance, "ok", "", ordered_json::object()}, [] {});
-    audit_->checkpoint_now(now_());
+    try {
+        commit({"jitd", "jitd.stop", config_.instance, "ok", "", ordered_json::object()}, [] {});
+        audit_->checkpoint_now(now_());
+    } catch (const std::exception& e) {
+        log(fmt::format("could not record the stop: {}", e.what()));
+    }
 }
 
 }  // namespace jitlb::control

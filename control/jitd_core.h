@@ -60,9 +60,11 @@ class Jitd {
     // "error": {"code", "message"}}. Never throws.
     nlohmann::ordered_json handle(const nlohmann::json& request, const Caller& caller);
 
-    // Every ~10 ms: region, events, pushes, expiry.
+    // Every ~10 ms: region, events, pushes, expiry. Never throws: what it cannot
+    // record (a full or read-only disk) it logs once and retries every second,
+    // while revocations jitlb has not taken are sent again every tick.
     void tick();
-    // A clean stop: records it and signs the log's tail.
+    // A clean stop: records it and signs the log's tail (best effort).
     void shutdown();
 
     // SIGHUP and the policy_reload call: re-read the policy; a bad file keeps
@@ -80,6 +82,7 @@ class Jitd {
     using json = nlohmann::json;
 
     ordered_json dispatch(const json& req, const Caller& caller);
+    ordered_json storage_error(const json& request, const std::string& what);
     ordered_json op_status(const Caller& caller);
     ordered_json op_request(const json& req, const Caller& caller);
     ordered_json op_withdraw(const json& req, const Caller& caller);
@@ -95,16 +98,35 @@ class Jitd {
 
     void require_admin(const Caller& caller, std::string_view what) const;
     void rate_limit(const Caller& caller);
-    // Appends the audit line, then commits `change` with the new audit head.
-    void commit(const AuditEvent& event, const std::function<void()>& change);
-    // Signs and stores a grant for `request` (may be empty) and returns it.
-    GrantRow issue(const std::string& request_id, const std::string& subject,
-                   const std::string& service, const IpPrefix& source, int64_t not_before_ms,
-                   int64_t duration_ms, const std::string& actor, const std::string& reason);
+    // Appends the audit lines, then commits `change` with the new audit head in
+    // one transaction: a change of several rows (a request and its grant) is
+    // stored whole or not at all. When the commit fails after the lines were
+    // written, a store.failed line says so (now, or before the next line).
+    void commit(const std::vector<AuditEvent>& events, const std::function<void()>& change);
+    void commit(const AuditEvent& event, const std::function<void()>& change) {
+        commit(std::vector<AuditEvent>{event}, change);
+    }
+    // A signed grant for `request_id` (may be empty) and its grant.issue line,
+    // not stored yet: the caller commits them with what else the call changes.
+    struct Issued {
+        GrantRow row;
+        AuditEvent event;
+    };
+    Issued sign_new_grant(const std::string& request_id, const std::string& subject,
+                          const std::string& service, const IpPrefix& source,
+                          int64_t not_before_ms, int64_t duration_ms, const std::string& actor,
+                          const std::string& reason);
+    // After a call committed: push what is due; a failure here is the tick's to
+    // retry, never the call's (it is acknowledged already).
+    void push_after_commit();
+    // Ends a live grant (revoked or expired) with its audit line, after the
+    // `before` lines and together with `also` in one commit.
     void end_grant(GrantRow grant, const std::string& state, RevokeReason reason,
-                   const std::string& actor, const std::string& why);
+                   const std::string& actor, const std::string& why,
+                   std::vector<AuditEvent> before = {}, const std::function<void()>& also = {});
     bool push_service(const ServiceSpec& spec);
     void reconcile(const std::string& why);
+    void resend_unsent_revocations(int64_t now);
     void push_due_grants();
     void expire_due();
     void on_event(const DecodedMessage& event);
@@ -133,9 +155,16 @@ class Jitd {
     int64_t denial_window_ms_ = 0;
     uint32_t denials_in_window_ = 0;
     uint64_t denials_not_logged_ = 0;
-    std::set<std::string> unsent_revocations_;
-    std::set<std::string> pushes_audited_;  // grant ids whose first push is in the audit log  // grant ids whose Revoke the ring refused
+    std::set<std::string> unsent_revocations_;  // grant ids whose Revoke the ring refused
+    std::set<std::string> pushes_audited_;      // grant ids whose first push is in the audit log
+    // store.failed lines not written yet (the log could not take them either).
+    std::vector<AuditEvent> unwritten_store_failures_;
+    // Why the last tick could not record something ("" when it could), and
+    // when: a failing tick is retried after kTickRetryMs, not every 10 ms.
+    std::string tick_error_;
+    int64_t tick_error_ms_ = 0;
     static constexpr int64_t kRetryMs = 2'000;
+    static constexpr int64_t kTickRetryMs = 1'000;
 };
 
 }  // namespace jitlb::control

@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 
 namespace jitlb::control {
@@ -127,7 +130,10 @@ constexpr const char* kGrantCols =
 Store::Store(const std::string& path, bool durable) : path_(path) {
     // Create it 0600 ourselves: sqlite would use the umask.
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) throw StoreError(fmt::format("{}: cannot open the state database", path));
+    if (fd < 0) {
+        throw StoreError(fmt::format("{}: cannot open the state database for writing: {}", path,
+                                     std::strerror(errno)));
+    }
     ::close(fd);
     if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX,
                         nullptr) != SQLITE_OK) {
@@ -163,7 +169,16 @@ void Store::transaction(const std::function<void()>& body) {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
         throw;
     }
-    exec("COMMIT");
+    try {
+        exec("COMMIT");
+    } catch (...) {
+        // A COMMIT that fails (a full disk) may leave the transaction open:
+        // end it, or the next call would find itself inside this one.
+        if (sqlite3_get_autocommit(db_) == 0) {
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        }
+        throw;
+    }
 }
 
 void Store::put_request(const RequestRow& r) {

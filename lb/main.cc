@@ -209,12 +209,17 @@ GrantTableMacKey read_mac_key(const std::string& path) {
         return key;
     }
     if ((st.st_mode & 077) != 0)
-        die(fmt::format("MAC key file {} is readable by others (mode {:o}): chmod 600 {}", path,
-                        st.st_mode & 0777, path));
+        die(fmt::format("MAC key file {} is open to group or others (mode {:04o}): whoever "
+                        "reads it can forge grant-table entries a restarted jitlb keeps; chmod "
+                        "600 {}",
+                        path, st.st_mode & 07777, path));
     std::ifstream in(path, std::ios::binary);
     in.read(reinterpret_cast<char*>(key.data()), static_cast<std::streamsize>(key.size()));
     if (in.gcount() != static_cast<std::streamsize>(key.size()) || in.peek() != EOF)
-        die(fmt::format("MAC key file {} must hold exactly {} bytes", path, key.size()));
+        die(fmt::format("MAC key file {} must hold exactly {} bytes, not {} (restore it; or "
+                        "remove it for a new key: the table's entries are then dropped at start "
+                        "and jitd pushes its grants again)",
+                        path, key.size(), st.st_size));
     return key;
 }
 
@@ -399,6 +404,8 @@ int main(int argc, char** argv) {
     if (auto* err = std::get_if<ConfigError>(&loaded)) die(err->to_string());
     const NodeConfig config = std::get<NodeConfig>(std::move(loaded));
     std::printf("jitlb: %s\n", describe(config).c_str());
+    // Keys before devices: a bad key file stops jitlb before it touches a port.
+    const GrantTableMacKey mac_key = read_mac_key(config.mac_key_file);
 
     // Lcores: the main one runs the control loop; every other one is a worker.
     std::vector<unsigned> worker_lcores;
@@ -456,7 +463,7 @@ int main(int argc, char** argv) {
     // The state file, grant table, services and the control loop.
     ServiceTable services;
     TscClock clock(clock_shift_ms);
-    ControlConfig cc = control_config_from(config, read_mac_key(config.mac_key_file), rte_get_tsc_hz());
+    ControlConfig cc = control_config_from(config, mac_key, rte_get_tsc_hz());
     // Stats lines: one block per worker and one for the main lcore, each its
     // WorkerCounters then ServiceCounters for ids 0..service_capacity.
     const size_t block_bytes = stats_block_bytes(config.service_capacity);

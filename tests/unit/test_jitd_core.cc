@@ -2,7 +2,8 @@
 // Jitd::tick without a data plane: requests approved by policy or by an
 // approver, refusals and their codes, scheduled grants, expiry, withdrawal and
 // revocation, service administration, rate limiting, durability in SQLite,
-// the audit trail and its head, policy reload, and malformed calls.
+// the audit trail and its head, policy reload, malformed calls, and calls
+// whose change cannot be stored.
 #include <catch2/catch.hpp>
 
 #include "temp_dir.h"
@@ -1067,4 +1068,123 @@ TEST_CASE("a direct grant starting at the end of time is refused without overflo
         CHECK(code_of(reply) == "bad_request");
     }
     CHECK(h.store->grants({}, 100).empty());
+}
+
+// --- 14 ---------------------------------------------------------------------------------
+
+namespace {
+
+// A second connection to jitd's database that makes every write of a grant row
+// fail, as a full disk fails the commit, until it is dropped.
+class GrantWritesFail {
+  public:
+    explicit GrantWritesFail(const std::string& db_path) {
+        REQUIRE(sqlite3_open(db_path.c_str(), &db_) == SQLITE_OK);
+        exec("CREATE TRIGGER fail_grants BEFORE INSERT ON grants "
+             "BEGIN SELECT RAISE(ABORT, 'injected: no room for grants'); END");
+    }
+    ~GrantWritesFail() {
+        exec("DROP TRIGGER IF EXISTS fail_grants");
+        sqlite3_close(db_);
+    }
+    GrantWritesFail(const GrantWritesFail&) = delete;
+    GrantWritesFail& operator=(const GrantWritesFail&) = delete;
+
+  private:
+    void exec(const char* sql) {
+        char* err = nullptr;
+        const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+        INFO((err ? err : ""));
+        sqlite3_free(err);
+        CHECK(rc == SQLITE_OK);
+    }
+    sqlite3* db_ = nullptr;
+};
+
+}  // namespace
+
+TEST_CASE("a call whose change cannot be stored is refused whole, the log says the commit "
+          "failed, and the tick carries on",
+          "[jitd_core]") {
+    Harness h;
+    std::vector<std::string> logged;
+    h.jitd->log = [&](const std::string& line) { logged.push_back(line); };
+    // One approved grant and one pending request, stored before the failures.
+    const ordered_json before = h.ok(request_call("web", "198.51.100.7", 10 * kMinute), kAlice);
+    const std::string live_request = before.at("request").at("id");
+    const std::string live_grant = before.at("grant").at("id");
+    const std::string pending =
+        h.ok(request_call("web", "198.51.100.8", 2 * kHour), kCarol).at("request").at("id");
+    const size_t requests_before = h.store->requests({}, 100).size();
+    const uint64_t lines_before = read_lines(h.audit_path()).size();
+
+    std::vector<uint64_t> failed_seqs;  // lines whose change was not stored
+    std::vector<uint64_t> explained;    // seqs the store.failed lines name
+    {
+        const GrantWritesFail fail(h.dir.file("jitd.db"));
+        // An auto-approved request: no request is left approved without its grant.
+        const std::string msg =
+            h.fails(request_call("web", "198.51.100.9", 10 * kMinute), kAlice, "storage");
+        CHECK(msg.find("injected: no room for grants") != std::string::npos);
+        CHECK(msg.find("not acknowledged") != std::string::npos);
+        CHECK(h.store->requests({}, 100).size() == requests_before);
+        // An approval: the request stays pending, with no grant.
+        h.fails({{"op", "approve"}, {"id", pending}}, kBob, "storage");
+        CHECK(h.store->request(pending)->state == "pending");
+        CHECK(h.store->request(pending)->grant_id.empty());
+        // A withdrawal: the request and its grant stay as they were, both.
+        h.fails({{"op", "withdraw"}, {"id", live_request}}, kAlice, "storage");
+        CHECK(h.store->request(live_request)->state == "approved");
+        CHECK(h.store->grant(live_grant)->state == "ready");
+        // A direct grant, and a revocation.
+        h.fails({{"op", "grant"}, {"service", "web"}, {"source", "198.51.100.10"},
+                 {"duration_ms", kMinute}},
+                kRoot, "storage");
+        h.fails({{"op", "revoke"}, {"grant_id", live_grant}}, kRoot, "storage");
+        CHECK(h.store->grant(live_grant)->state == "ready");
+        CHECK(h.store->grants({}, 100).size() == 1);
+
+        // Expiry cannot be recorded either: the tick neither throws nor stops,
+        // and says so once.
+        h.now += 11 * kMinute;
+        logged.clear();
+        for (int i = 0; i < 5; ++i) {
+            REQUIRE_NOTHROW(h.jitd->tick());
+            h.now += 10;
+        }
+        CHECK(std::count_if(logged.begin(), logged.end(), [](const std::string& l) {
+                  return l.find("cannot record what the tick found") != std::string::npos &&
+                         l.find("injected") != std::string::npos;
+              }) == 1);
+        CHECK(h.store->grant(live_grant)->state == "ready");
+    }
+    // Each refused call left lines in the log and a store.failed line naming them.
+    const auto lines = read_lines(h.audit_path());
+    for (size_t i = lines_before; i < lines.size(); ++i) {
+        const json j = json::parse(lines[i]);
+        if (j.at("action") == "store.failed") {
+            for (const auto& seq : j.at("detail").at("seqs")) {
+                explained.push_back(seq.get<uint64_t>());
+            }
+        } else if (j.at("action") != "audit.checkpoint") {
+            failed_seqs.push_back(j.at("seq").get<uint64_t>());
+        }
+    }
+    CHECK_FALSE(failed_seqs.empty());
+    CHECK(failed_seqs == explained);
+
+    // Room again: the next tick expires the grant, and calls succeed.
+    h.now += 2 * kSecond;
+    h.jitd->tick();
+    CHECK(h.store->grant(live_grant)->state == "expired");
+    CHECK(std::find(logged.begin(), logged.end(), "the tick records again") != logged.end());
+    h.ok({{"op", "approve"}, {"id", pending}}, kBob);
+    CHECK(h.store->request(pending)->state == "approved");
+    CHECK_FALSE(h.store->request(pending)->grant_id.empty());
+    const auto head = stored_head(*h.store);
+    REQUIRE(head);
+    CHECK(*head == h.audit->head());
+    const AuditVerifyReport rep = verify_audit_log(h.audit_path(), nullptr, head);
+    INFO(rep.problem);
+    CHECK(rep.ok);
 }
