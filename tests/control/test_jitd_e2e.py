@@ -211,6 +211,9 @@ outer_source_v4 = "10.255.0.0/16"
 [region]
 dir = "{WORK}"
 cmd_owner = "{'jitd' if JITD_USER else 'root'}"
+[main]
+nice = -5
+slice_us = 200
 """)
     os.chmod(f"{WORK}/jitlb.toml", 0o644)
 
@@ -238,17 +241,20 @@ cmd_owner = "{'jitd' if JITD_USER else 'root'}"
     check(rc == 0 and "jitd: up" in out, "status (human)")
     if JITLB:
         check(wait_for(lambda: ctl_json("status")[1].get("jitlb", {}).get("attached")), "jitlb attaches to jitd's command ring")
-        # [main] nice and slice_us at their defaults: the main lcore (the
-        # process's first thread) runs at nice -10 with a 100 us slice.
+        # [main] nice = -5 and slice_us = 200: the main lcore (the process's
+        # first thread) runs with them; its workers keep nice 0.
         def main_lcore_sched():
             pid = jitlb.pid
             nice = int(open(f"/proc/{pid}/task/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
             slice_ns = next((int(l.split(":")[1]) for l in open(f"/proc/{pid}/task/{pid}/sched")
                              if l.startswith("se.slice")), None)
             return nice, slice_ns
-        check(wait_for(lambda: main_lcore_sched()[0] == -10), f"jitlb's main lcore runs at nice -10 ({main_lcore_sched()})")
+        check(wait_for(lambda: main_lcore_sched()[0] == -5), f"jitlb's main lcore runs at nice -5 ({main_lcore_sched()})")
         if main_lcore_sched()[1] is not None:  # /proc/PID/sched shows se.slice since Linux 6.6
-            check(main_lcore_sched()[1] == 100_000, f"jitlb's main lcore has a 100 us slice ({main_lcore_sched()})")
+            check(main_lcore_sched()[1] == 200_000, f"jitlb's main lcore has a 200 us slice ({main_lcore_sched()})")
+        workers = [t for t in os.listdir(f"/proc/{jitlb.pid}/task") if int(t) != jitlb.pid]
+        check(all(int(open(f"/proc/{jitlb.pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[16]) == 0
+                  for t in workers), "jitlb's other threads (workers, EAL) keep nice 0")
 
     # services and backends (admin = root)
     rc, out, _ = ctl("service", "add", "db", "--vip", "203.0.113.20:5432/tcp", "--vip", "[2001:db8::20]:5432/tcp")

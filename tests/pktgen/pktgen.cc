@@ -138,9 +138,11 @@ void tx_once(Worker& w, const TrialParams& p, size_t& cursor, uint64_t& pkt_coun
         uint16_t n = s.burst;
         if (cycles_per_packet > 0) {
             if (static_cast<double>(now) < next_tsc) return;
-            // Behind by more than a few bursts (preempted): do not send a catch-up flood.
-            if (static_cast<double>(now) - next_tsc > 4.0 * s.burst * cycles_per_packet)
-                next_tsc = static_cast<double>(now);
+            // Behind (an interrupt, a preempted core): catch up on up to 200 us of the
+            // schedule, so that short stalls do not lower the average rate; a longer
+            // stall is lost time, not a flood.
+            const double max_lag = std::max(4.0 * s.burst * cycles_per_packet, static_cast<double>(s.hz) / 5000.0);
+            if (static_cast<double>(now) - next_tsc > max_lag) next_tsc = static_cast<double>(now);
             next_tsc += n * cycles_per_packet;
         }
         rte_mbuf* m[kMaxBurst];

@@ -276,8 +276,8 @@ TEST_CASE("optional keys take their documented defaults", "[config]") {
     CHECK(c.max_grant_duration_ms == 86'400'000);
     CHECK(c.verify_per_tick == 2);
     CHECK(c.tick_us == 100);
-    CHECK(c.main_nice == -10);
-    CHECK(c.main_slice_us == 100);
+    CHECK(c.main_nice == 0);
+    CHECK(c.main_slice_us == 0);
 
     CHECK_FALSE(c.has_outer_source_v6());
     CHECK(c.outer_ttl == 64);
