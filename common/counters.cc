@@ -1,6 +1,8 @@
 // Counter names (counters.h): stable, used by stats, telemetry and docs/counters.md.
 #include "counters.h"
 
+#include <algorithm>
+
 namespace jitlb::lb {
 
 std::string_view counter_name(Counter c) noexcept {
@@ -73,6 +75,20 @@ void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept {
         total.by_counter[i] += __atomic_load_n(&w.by_counter[i], __ATOMIC_RELAXED);
     for (size_t i = 0; i < total.parse_drops.size(); ++i)
         total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
+}
+
+void sum_stats_blocks(std::span<const uint8_t> stats, uint32_t service_capacity, WorkerCounters& total,
+                      std::span<ServiceCounters> per_service) noexcept {
+    const size_t block = stats_block_bytes(service_capacity);
+    const size_t ids = std::min(per_service.size(), size_t{service_capacity} + 1);
+    for (size_t b = 0; b + block <= stats.size(); b += block) {
+        add_counters(total, *reinterpret_cast<const WorkerCounters*>(stats.data() + b));
+        const auto* per = reinterpret_cast<const ServiceCounters*>(stats.data() + b + sizeof(WorkerCounters));
+        for (size_t id = 0; id < ids; ++id) {
+            per_service[id].packets += __atomic_load_n(&per[id].packets, __ATOMIC_RELAXED);
+            per_service[id].bytes += __atomic_load_n(&per[id].bytes, __ATOMIC_RELAXED);
+        }
+    }
 }
 
 }  // namespace jitlb::lb

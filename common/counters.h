@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "packet.h"
@@ -100,5 +101,12 @@ inline size_t stats_block_bytes(uint32_t service_capacity) noexcept {
     const size_t bytes = sizeof(WorkerCounters) + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
     return (bytes + 63) / 64 * 64;
 }
+
+// Sums every lcore's block of the stats lines `stats` (a state file's, as
+// jitctl, jitlb_stage and jitlb's telemetry read them; relaxed loads, the
+// lcores may be writing): counters into `total`, and per service id into
+// `per_service` when it is not empty (ids beyond its size are left out).
+void sum_stats_blocks(std::span<const uint8_t> stats, uint32_t service_capacity, WorkerCounters& total,
+                      std::span<ServiceCounters> per_service = {}) noexcept;
 
 }  // namespace jitlb::lb

@@ -34,19 +34,9 @@ ordered_json read_stats(const std::string& path, const std::string& owner) {
     const SharedFile file = SharedFile::open_peer_readonly(path, owner_uid(owner));
     const StateRegionView view = attach_state_region(file.bytes(), path, GrantTable::format_hash());
     const uint32_t capacity = view.header->service_capacity;
-    const size_t block = lb::stats_block_bytes(capacity);
-    const size_t blocks = view.worker_stats.size() / block;
     WorkerCounters total{};
     std::vector<ServiceCounters> services(size_t{capacity} + 1);
-    for (size_t b = 0; b < blocks; ++b) {
-        const uint8_t* base = view.worker_stats.data() + b * block;
-        lb::add_counters(total, *reinterpret_cast<const WorkerCounters*>(base));
-        const auto* per = reinterpret_cast<const ServiceCounters*>(base + sizeof(WorkerCounters));
-        for (size_t id = 0; id <= capacity; ++id) {
-            services[id].packets += __atomic_load_n(&per[id].packets, __ATOMIC_RELAXED);
-            services[id].bytes += __atomic_load_n(&per[id].bytes, __ATOMIC_RELAXED);
-        }
-    }
+    lb::sum_stats_blocks(view.worker_stats, capacity, total, services);
     ordered_json j;
     ordered_json counters = ordered_json::object(), drops = ordered_json::object();
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i) {

@@ -275,21 +275,19 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 // /jitlb/services: forwarded packets and bytes per service, summed over the
 // workers, named from the state file's service map (read as jitctl reads it:
 // the telemetry thread never touches the main lcore's tables).
-std::vector<std::span<const ServiceCounters>> g_service_blocks;
-std::span<const ServiceMapEntry> g_service_map;
+const StateRegion* g_state = nullptr;  // for /jitlb/services, while g_counters_mapped
 
 int telemetry_services(const char*, const char*, rte_tel_data* d) {
     rte_tel_data_start_dict(d);
     if (!g_counters_mapped.load(std::memory_order_acquire)) return 0;
-    for (const ServiceMapEntry& e : g_service_map) {
+    const uint32_t capacity = g_state->header->service_capacity;
+    WorkerCounters total{};
+    std::vector<ServiceCounters> per_service(size_t{capacity} + 1);
+    sum_stats_blocks(g_state->worker_stats, capacity, total, per_service);
+    for (const ServiceMapEntry& e : g_state->services) {
         ServiceInfo info;
-        if (service_map_read(e, info) != SeqRead::ok || info.service_id == 0) continue;
-        uint64_t packets = 0, bytes = 0;
-        for (const auto& block : g_service_blocks) {
-            if (info.service_id >= block.size()) continue;
-            packets += __atomic_load_n(&block[info.service_id].packets, __ATOMIC_RELAXED);
-            bytes += __atomic_load_n(&block[info.service_id].bytes, __ATOMIC_RELAXED);
-        }
+        if (service_map_read(e, info) != SeqRead::ok || info.service_id == 0 || info.service_id > capacity) continue;
+        const uint64_t packets = per_service[info.service_id].packets, bytes = per_service[info.service_id].bytes;
         rte_tel_data* one = rte_tel_data_alloc();
         if (one == nullptr) return -ENOMEM;
         rte_tel_data_start_dict(one);
@@ -560,8 +558,7 @@ int main(int argc, char** argv) {
             die(fmt::format("exception port: start: {}", rte_strerror(-r)));
     for (auto& w : workers) g_counter_blocks.push_back(w->counters);
     g_counter_blocks.push_back(main_counters);
-    for (auto& w : workers) g_service_blocks.push_back(w->per_service);
-    g_service_map = state.services;
+    g_state = &state;
     g_counters_mapped.store(true, std::memory_order_release);
     if (rte_telemetry_register_cmd("/jitlb/stats", telemetry_stats,
                                    "jitlb's counters, summed over lcores. No parameters") != 0)

@@ -1139,14 +1139,9 @@ struct PushOptions {
 // main lcore publishes in its counter block (docs/counters.md). They lag by up
 // to a tick, so pushed - answered over-counts what is still in flight.
 uint64_t published_grants_answered(const StateRegionView& view) {
-    const size_t block = lb::stats_block_bytes(view.header->service_capacity);
-    uint64_t answered = 0;
-    for (size_t b = 0; b + block <= view.worker_stats.size(); b += block) {
-        const auto* c = reinterpret_cast<const lb::WorkerCounters*>(view.worker_stats.data() + b);
-        for (const lb::Counter k : {lb::Counter::grants_activated, lb::Counter::grants_rejected})
-            answered += __atomic_load_n(&c->by_counter[static_cast<size_t>(k)], __ATOMIC_RELAXED);
-    }
-    return answered;
+    lb::WorkerCounters total{};
+    lb::sum_stats_blocks(view.worker_stats, view.header->service_capacity, total);
+    return total.get(lb::Counter::grants_activated) + total.get(lb::Counter::grants_rejected);
 }
 
 // Attaches the event ring's consumer (its index is in our cmd file) before
