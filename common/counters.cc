@@ -26,6 +26,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::too_big_sent: return "too_big_sent";
         case Counter::busy_cycles: return "busy_cycles";
         case Counter::busy_polls: return "busy_polls";
+        case Counter::rss_handoffs: return "rss_handoffs";
         case Counter::grant_backlog: return "grant_backlog";
         case Counter::grant_backlog_high_water: return "grant_backlog_high_water";
         case Counter::grants_verified: return "grants_verified";
@@ -51,6 +52,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::drop_exception_denied: return "exception_denied";
         case Counter::drop_exception_full: return "exception_full";
         case Counter::drop_tx_full: return "tx_full";
+        case Counter::drop_rss_handoff_full: return "rss_handoff_full";
         case Counter::count_: break;
     }
     return "unknown";

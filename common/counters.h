@@ -36,6 +36,7 @@ enum class Counter : uint16_t {
     too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
     busy_cycles,          // TSC cycles of worker polls that received packets (rx to tx, all queues)
     busy_polls,           // worker polls that received packets
+    rss_handoffs,         // software RSS: frames handed to another worker
     // The main lcore's grant work (written by it alone, in its own block;
     // gauges are current values, the others totals since start).
     grant_backlog,             // gauge: grants waiting for signature verification
@@ -63,6 +64,7 @@ enum class Counter : uint16_t {
     drop_exception_denied,  // not on the exception allowlist
     drop_exception_full,    // exception ring full
     drop_tx_full,           // tx ring did not take it
+    drop_rss_handoff_full,  // software RSS: the chosen worker's ring did not take it
     count_
 };
 

@@ -753,7 +753,7 @@ std::string describe(const NodeConfig& config) {
             "port {}: {}, mac {}, next hop {}, mtu {}, rx queues {}, descriptors rx {} tx {}\n",
             port.name, port.device, port.mac_set ? format_mac(port.mac) : "the port's",
             port.next_hop_set ? format_mac(port.next_hop_mac) : "not set", port.mtu,
-            port.rx_queues == 0 ? std::string("one per worker") : std::to_string(port.rx_queues),
+            port.rx_queues == 0 ? std::string("one per worker (RSS), or one spread in software") : std::to_string(port.rx_queues),
             port.rx_descriptors, port.tx_descriptors);
     }
     if (config.exception_port.empty()) {

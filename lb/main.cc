@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -59,6 +60,12 @@ namespace {
 constexpr uint32_t kMbufsPerPort = 8191;
 constexpr uint32_t kMbufCache = 256;
 constexpr uint32_t kExceptionRingSize = 1024;
+// Software RSS: each worker's ring of frames handed over by a spread queue's
+// owner (64 bursts: a receiver that falls behind drops, counted, at the owner).
+constexpr uint32_t kHandoffRingSize = 2048;
+// The spread hash's seed differs from Maglev's, so that worker choice and
+// backend choice are independent.
+constexpr uint64_t kSoftwareRssSeedTweak = 0x5f3759df5f3759df;
 constexpr uint16_t kMaxWorkers = 64;
 
 std::atomic<bool> g_stop{false};
@@ -108,6 +115,8 @@ struct PortState {
     PortConfig config;
     uint16_t id = 0;
     MacAddress mac{};
+    uint16_t rx_queues = 1;
+    bool spread = false;  // software RSS: one rx queue, its owner spreads frames over the workers
 };
 
 uint16_t probe_port(const std::string& device) {
@@ -123,18 +132,32 @@ uint16_t probe_port(const std::string& device) {
     return id;
 }
 
-void configure_port(uint16_t port, const PortConfig& pc, uint16_t rx_queues, uint16_t tx_queues,
-                    rte_mempool* pool) {
+// Configures a port's queues: rx queues as configured, else one per worker
+// when the port has RSS, else one that software RSS spreads (p.spread); one tx
+// queue per worker.
+void configure_port(PortState& p, uint16_t workers, rte_mempool* pool) {
+    const uint16_t port = p.id;
+    const PortConfig& pc = p.config;
+    const uint16_t tx_queues = workers;
     rte_eth_dev_info info{};
     if (rte_eth_dev_info_get(port, &info) != 0) die_rte(fmt::format("port {}: dev_info", pc.name));
+    const bool has_rss = info.flow_type_rss_offloads != 0;
+    const uint16_t rx_queues = pc.rx_queues != 0 ? pc.rx_queues : (has_rss ? workers : 1);
     rte_eth_conf conf{};
-    if (rx_queues > 1 && info.flow_type_rss_offloads != 0) {
+    if (rx_queues > 1 && has_rss) {
         conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) &
                                            info.flow_type_rss_offloads;
     } else if (rx_queues > 1) {
-        die(fmt::format("port {} ({}) has no RSS: run one worker for it", pc.name, info.driver_name));
+        die(fmt::format("port {} ({}) has no RSS for rx_queues = {}: leave rx_queues unset (or 1) and jitlb "
+                        "spreads the port's frames over the workers in software",
+                        pc.name, info.driver_name, rx_queues));
     }
+    p.rx_queues = rx_queues;
+    p.spread = rx_queues == 1 && workers > 1;
+    if (p.spread)
+        std::printf("jitlb: port %s (%s): one rx queue, spread over %u workers in software (software RSS)\n",
+                    pc.name.c_str(), info.driver_name, workers);
     if (rx_queues > info.max_rx_queues || tx_queues > info.max_tx_queues)
         die(fmt::format("port {} ({}) supports {} rx / {} tx queues, {} / {} needed", pc.name,
                         info.driver_name, info.max_rx_queues, info.max_tx_queues, rx_queues, tx_queues));
@@ -426,8 +449,7 @@ int main(int argc, char** argv) {
     if (pool == nullptr) die_rte("mbuf pool");
     const bool has_exception = !config.exception_port.empty();
     for (PortState& p : ports) {
-        const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
-        configure_port(p.id, p.config, rx_queues, n_workers, pool);
+        configure_port(p, n_workers, pool);
         if (p.config.mac_set) {
             p.mac = p.config.mac;
         } else {
@@ -442,11 +464,13 @@ int main(int argc, char** argv) {
     uint16_t exception_id = 0;
     if (has_exception) {
         exception_id = probe_port(config.exception_port);
-        PortConfig ec;
-        ec.name = "exception";
-        ec.device = config.exception_port;
-        ec.rx_descriptors = ec.tx_descriptors = 512;
-        configure_port(exception_id, ec, 1, 1, pool);
+        PortState ep;
+        ep.id = exception_id;
+        ep.config.name = "exception";
+        ep.config.device = config.exception_port;
+        ep.config.rx_descriptors = ep.config.tx_descriptors = 512;
+        ep.config.rx_queues = 1;
+        configure_port(ep, 1, pool);
         rte_ether_addr a{};
         std::memcpy(a.addr_bytes, ports[0].mac.data(), 6);
         if (const int r = rte_eth_dev_default_mac_addr_set(exception_id, &a); r != 0 && r != -ENOTSUP)
@@ -499,16 +523,31 @@ int main(int argc, char** argv) {
     control->drain_all();
     publish_control_counters(*control, *main_counters);
 
-    // Workers: each owns its rx queue on every port and tx queue `index`.
+    // Workers: each owns rx queues w, w + W, ... of every port and tx queue
+    // `index`; a spread port's one queue belongs to worker (port index % W),
+    // which hands frames to the others through their handoff rings.
     Quiescence quiescence(n_workers);
+    std::vector<rte_ring*> handoff;
+    if (std::any_of(ports.begin(), ports.end(), [](const PortState& p) { return p.spread; }))
+        for (uint16_t w = 0; w < n_workers; ++w) {
+            handoff.push_back(rte_ring_create(fmt::format("jitlb_rss{}", w).c_str(), kHandoffRingSize,
+                                              static_cast<int>(rte_socket_id()), RING_F_SC_DEQ));
+            if (handoff.back() == nullptr) die_rte("software RSS ring");
+        }
     std::vector<std::unique_ptr<WorkerContext>> workers;
     for (uint16_t w = 0; w < n_workers; ++w) {
         auto ctx = std::make_unique<WorkerContext>();
         ctx->index = w;
-        for (const PortState& p : ports) {
-            const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
-            for (uint16_t q = w; q < rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
+        for (size_t i = 0; i < ports.size(); ++i) {
+            const PortState& p = ports[i];
+            if (p.spread) {
+                if (i % n_workers == w) ctx->queues.push_back({p.id, 0, true});
+                continue;
+            }
+            for (uint16_t q = w; q < p.rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
         }
+        ctx->handoff = handoff;
+        ctx->rss_seed = config.flow_hash_seed ^ kSoftwareRssSeedTweak;
         uint8_t* block = state.worker_stats.data() + w * block_bytes;
         ctx->counters = new (block) WorkerCounters{};
         ctx->per_service = {new (block + sizeof(WorkerCounters)) ServiceCounters[config.service_capacity + 1]{},
@@ -608,6 +647,7 @@ int main(int argc, char** argv) {
     }
 
     rte_eal_mp_wait_lcore();
+    for (auto& w : workers) worker_drain_handoff(*w);
     for (auto& w : workers) worker_release(*w);
     control->tick();  // last events out
     publish_control_counters(*control, *main_counters);
