@@ -90,6 +90,12 @@ void process_rx(WorkerContext& w, const ServiceSnapshot& snap, uint16_t port, rt
                     drop[n_drop++] = m;
                 }
                 break;
+            case Action::resolver:
+                if (w.resolver_ring == nullptr || rte_ring_sp_enqueue(w.resolver_ring, m) != 0) {
+                    w.counters->add(Counter::drop_resolver_full);
+                    drop[n_drop++] = m;
+                }
+                break;
             case Action::drop:
                 drop[n_drop++] = m;
                 break;

@@ -41,6 +41,7 @@ struct alignas(64) WorkerContext {
     rte_ring* exception_ring = nullptr;    // to the main lcore (SP/SC); nullptr: no exception port
     rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
     rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
+    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore (SP/SC); nullptr: no resolver
     uint16_t from_kernel_port = 0;
     // Software RSS: the ring each worker takes handed-over frames from, by
     // worker index (multi-producer, single-consumer); empty when no port

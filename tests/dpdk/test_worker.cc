@@ -470,10 +470,11 @@ void check_ipip_headers(const Bytes& out, size_t inner_len) {
 // verdict, and what was offered to a tx ring was either sent or counted tx_full.
 void check_counters_add_up(const WorkerCounters& c, uint64_t kernel_frames = 0) {
     uint64_t verdicts = c.get(Counter::forwarded) + c.get(Counter::arp_replies) + c.get(Counter::nd_replies) +
-                        c.get(Counter::echo_replies) + c.get(Counter::to_exception);
+                        c.get(Counter::echo_replies) + c.get(Counter::to_exception) + c.get(Counter::to_resolver);
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i) {
         const auto counter = static_cast<Counter>(i);
-        if (is_drop(counter) && counter != Counter::drop_exception_full && counter != Counter::drop_tx_full)
+        if (is_drop(counter) && counter != Counter::drop_exception_full && counter != Counter::drop_tx_full &&
+            counter != Counter::drop_resolver_full)
             verdicts += c.get(counter);
     }
     for (size_t i = 1; i < c.parse_drops.size(); ++i) verdicts += c.parse_drops[i];
