@@ -18,7 +18,6 @@ jitd runs as user jitd when it exists (scripts/setup), as in production.
 Usage: test_jitd_access.py JITD JITCTL      (as root; exit 77 = skipped)
 """
 import grp
-import json
 import os
 import pwd
 import shutil
@@ -28,22 +27,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jitd_testlib import FAILURES, check, jitctl, need_root, parsed  # noqa: E402
+
 JITD, JITCTL = sys.argv[1], sys.argv[2]
-FAILURES = []
-
-
-def check(cond, what, detail=""):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
-        if detail:
-            print(f"     {detail}", flush=True)
-    return cond
-
-
-if os.geteuid() != 0:
-    print("skipped: needs root (setpriv to other users)")
-    sys.exit(77)
+need_root("setpriv to other users")
 
 try:
     JITD_USER = pwd.getpwnam("jitd")
@@ -63,19 +51,12 @@ procs = []
 
 def ctl(*args, as_group=None, stdin=None):
     """jitctl as root, or as nobody whose only group is `as_group`."""
-    cmd = [JITCTL, "--socket", SOCK, *args]
-    if as_group:
-        cmd = ["setpriv", "--reuid=nobody", f"--regid={as_group}", "--clear-groups", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=30)
-    return r.returncode, r.stdout, r.stderr
+    setpriv = ["--reuid=nobody", f"--regid={as_group}", "--clear-groups"] if as_group else None
+    return jitctl(JITCTL, SOCK, args, setpriv, stdin)
 
 
 def ctl_json(*args, as_group=None, stdin=None):
-    rc, out, err = ctl("--json", *args, as_group=as_group, stdin=stdin)
-    try:
-        return rc, (json.loads(out) if out.strip() else {}), err
-    except json.JSONDecodeError:
-        return rc, {"unparsed": out}, err
+    return parsed(*ctl("--json", *args, as_group=as_group, stdin=stdin))
 
 
 def jitd_cmd(config, *extra):

@@ -39,23 +39,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jitd_testlib import FAILURES, SKIP, check, jitctl, need_root, parsed  # noqa: E402
+
 JITD, JITCTL, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
-SKIP = 77
-FAILURES = []
-
-
-def check(cond, what, detail=""):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
-        if detail:
-            print(f"     {detail}", flush=True)
-    return cond
-
-
-if os.geteuid() != 0:
-    print("skipped: needs root (mounts, setpriv)")
-    sys.exit(SKIP)
+need_root("mounts, setpriv")
 if MODE not in ("full", "readonly"):
     sys.exit(f"unknown mode {MODE!r}: full or readonly")
 if os.environ.get("JITD_STORAGE_NS") != "1":
@@ -88,19 +76,12 @@ def run(*cmd, **kw):
 
 
 def ctl(*args, user=None, stdin=None):
-    cmd = [JITCTL, "--socket", SOCK, *args]
-    if user:
-        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--init-groups", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=30)
-    return r.returncode, r.stdout, r.stderr
+    setpriv = ["--reuid=nobody", "--regid=nogroup", "--init-groups"] if user else None
+    return jitctl(JITCTL, SOCK, args, setpriv, stdin)
 
 
 def ctl_json(*args, user=None, stdin=None):
-    rc, out, err = ctl("--json", *args, user=user, stdin=stdin)
-    try:
-        return rc, (json.loads(out) if out.strip() else {}), err
-    except json.JSONDecodeError:
-        return rc, {"unparsed": out}, err
+    return parsed(*ctl("--json", *args, user=user, stdin=stdin))
 
 
 def spawn_jitd():

@@ -34,25 +34,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jitd_testlib import FAILURES, SKIP, check, jitctl, need_root, parsed, wait_for  # noqa: E402
 from test_faults import GrantTableView, eal_memory  # noqa: E402  (the state file's layout, once)
 
 JITD, JITCTL, JITLB = sys.argv[1:4]
-SKIP = 77
-FAILURES = []
-
-
-def check(cond, what, detail=""):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
-        if detail:
-            print(f"     {detail}", flush=True)
-    return cond
-
-
-if os.geteuid() != 0:
-    print("skipped: needs root (DPDK EAL, setpriv)")
-    sys.exit(SKIP)
+need_root("DPDK EAL, setpriv")
 try:
     JITD_USER = pwd.getpwnam("jitd")
     JITLB_GROUP = grp.getgrnam("jitlb")
@@ -74,25 +60,11 @@ runs = 0
 
 
 def ctl(*args):
-    r = subprocess.run([JITCTL, "--socket", SOCK, *args], capture_output=True, text=True, timeout=30)
-    return r.returncode, r.stdout, r.stderr
+    return jitctl(JITCTL, SOCK, args)
 
 
 def ctl_json(*args):
-    rc, out, err = ctl("--json", *args)
-    try:
-        return rc, (json.loads(out) if out.strip() else {}), err
-    except json.JSONDecodeError:
-        return rc, {"unparsed": out}, err
-
-
-def wait_for(pred, seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return parsed(*ctl("--json", *args))
 
 
 def set_up():
