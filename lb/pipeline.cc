@@ -655,14 +655,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         if (p.l4_present || fragment) {
             if (!(have_last_vip && key == last_vip)) {
                 last_vip = key;
-                last_service = services.find(key);
-                last_three_tuple = key.port == 0;
-                if (last_service == nullptr && key.port != 0 && services.has_any_port_vip()) {
-                    VipKey any = key;
-                    any.port = 0;
-                    last_service = services.find(any);
-                    last_three_tuple = true;
-                }
+                last_service = services.match(key, last_three_tuple);
                 have_last_vip = true;
             }
             svc = last_service;

@@ -106,6 +106,16 @@ const Service* ServiceSnapshot::find(const VipKey& key) const noexcept {
     }
 }
 
+const Service* ServiceSnapshot::match(const VipKey& key, bool& three_tuple) const noexcept {
+    three_tuple = key.port == 0;
+    const Service* service = find(key);
+    if (service != nullptr || key.port == 0 || !any_port_) return service;
+    VipKey any = key;
+    any.port = 0;
+    three_tuple = true;
+    return find(any);
+}
+
 bool ServiceSnapshot::is_vip_address(const IpAddress& address) const noexcept {
     return std::binary_search(vip_addresses_.begin(), vip_addresses_.end(), address,
                               [](const IpAddress& a, const IpAddress& b) {

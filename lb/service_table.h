@@ -79,6 +79,11 @@ class ServiceSnapshot {
     // the protocol to that address, fragments included, hashed on source,
     // destination and protocol); find() with port 0 names its service.
     bool has_any_port_vip() const noexcept { return any_port_; }
+    // The service a packet to `key` belongs to: the VIP with its port, else,
+    // when there is one, the VIP without a port (address, protocol), which
+    // takes every packet of the protocol; `three_tuple` says whether the
+    // service found is a 3-tuple one (also when key.port is 0: a fragment).
+    const Service* match(const VipKey& key, bool& three_tuple) const noexcept;
     // Whether `address` is any service's VIP (for ARP / ND replies).
     bool is_vip_address(const IpAddress& address) const noexcept;
     // Whether an ICMP echo to `address` (family, 4 or 16 bytes) is answered: a VIP

@@ -157,6 +157,35 @@ TEST_CASE("a VIP another service holds is refused with that service's name and n
     CHECK(table.current()->find(key("203.0.113.10", 8080))->name == "api");
 }
 
+TEST_CASE("match: the VIP with the packet's port first, else the address's VIP without a port (3-tuple), per protocol",
+          "[service_table]") {
+    ServiceTable table;
+    require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)})));
+    bool three = true;
+    CHECK(table.current()->match(key("203.0.113.10", 80), three)->name == "web");
+    CHECK_FALSE(three);
+    CHECK(table.current()->match(key("203.0.113.10", 81), three) == nullptr);  // no VIP without a port yet
+    CHECK_FALSE(three);
+
+    require_ok(table.apply(2, service("bulk", {vip("203.0.113.10", 0, L4Protocol::udp),
+                                               vip("203.0.113.11", 0, L4Protocol::tcp)})));
+    const ServiceSnapshot& s = *table.current();
+    REQUIRE(s.has_any_port_vip());
+    // A port of its own still wins over the address's portless VIP of another protocol.
+    CHECK(s.match(key("203.0.113.10", 80), three)->name == "web");
+    CHECK_FALSE(three);
+    CHECK(s.match(key("203.0.113.10", 5353, L4Protocol::udp), three)->name == "bulk");
+    CHECK(three);
+    CHECK(s.match(key("203.0.113.10", 0, L4Protocol::udp), three)->name == "bulk");  // a fragment
+    CHECK(three);
+    CHECK(s.match(key("203.0.113.11", 443), three)->name == "bulk");
+    CHECK(three);
+    // TCP to .10 has only port 80; another port, another protocol or address: nothing.
+    CHECK(s.match(key("203.0.113.10", 443), three) == nullptr);
+    CHECK(s.match(key("203.0.113.11", 53, L4Protocol::udp), three) == nullptr);
+    CHECK(s.match(key("203.0.113.12", 80), three) == nullptr);
+}
+
 TEST_CASE("a Maglev table size that is not prime is refused and nothing changes", "[service_table]") {
     ServiceTable table;
     require_ok(table.apply(1, service("web", {vip("203.0.113.10", 80)})));
