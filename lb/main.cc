@@ -273,6 +273,16 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 }
 
 
+// A telemetry dict key: DPDK takes only [A-Za-z0-9_/] (others make the add
+// fail), so any other character becomes '_'; the values carry the exact names.
+std::string telemetry_key(std::string_view name) {
+    std::string key(name);
+    for (char& c : key)
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '/'))
+            c = '_';
+    return key;
+}
+
 // /jitlb/services: forwarded packets and bytes per service, summed over the
 // workers, named from the state file's service map (read as jitctl reads it:
 // the telemetry thread never touches the main lcore's tables).
@@ -292,10 +302,14 @@ int telemetry_services(const char*, const char*, rte_tel_data* d) {
         rte_tel_data* one = rte_tel_data_alloc();
         if (one == nullptr) return -ENOMEM;
         rte_tel_data_start_dict(one);
+        rte_tel_data_add_dict_string(one, "name", std::string(info.name_view()).c_str());
         rte_tel_data_add_dict_u64(one, "id", info.service_id);
         rte_tel_data_add_dict_u64(one, "packets", packets);
         rte_tel_data_add_dict_u64(one, "bytes", bytes);
-        rte_tel_data_add_dict_container(d, std::string(info.name_view()).c_str(), one, 0);
+        if (rte_tel_data_add_dict_container(d, telemetry_key(info.name_view()).c_str(), one, 0) != 0) {
+            rte_tel_data_free(one);  // the dict is full (256): what fits is answered
+            break;
+        }
     }
     return 0;
 }
@@ -314,8 +328,8 @@ std::vector<std::string> service_names(std::span<const ServiceMapEntry> map) {
 // /jitlb/backends[,SERVICE]: forwarded packets and bytes per backend, summed
 // over the workers, named from the state file's backend and service maps.
 // Telemetry nests one level and a dict holds at most 256 entries, so the
-// answer is flat, keyed "service/backend"; a service name as parameter
-// limits it to that service's backends.
+// answer is flat, keyed "service/backend" (telemetry_key); a service name as
+// parameter limits it to that service's backends.
 int telemetry_backends(const char*, const char* params, rte_tel_data* d) {
     rte_tel_data_start_dict(d);
     if (!g_counters_mapped.load(std::memory_order_acquire)) return 0;
@@ -337,7 +351,7 @@ int telemetry_backends(const char*, const char* params, rte_tel_data* d) {
         rte_tel_data_add_dict_u64(one, "slot", r.slot);
         rte_tel_data_add_dict_u64(one, "packets", r.packets);
         rte_tel_data_add_dict_u64(one, "bytes", r.bytes);
-        const std::string key = fmt::format("{}/{}", service, r.info.id_view());
+        const std::string key = telemetry_key(fmt::format("{}/{}", service, r.info.id_view()));
         if (rte_tel_data_add_dict_container(d, key.c_str(), one, 0) != 0) {
             rte_tel_data_free(one);  // the dict is full (256): what fits is answered
             break;
