@@ -19,6 +19,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::echo_replies: return "echo_replies";
         case Counter::to_exception: return "to_exception";
         case Counter::from_exception: return "from_exception";
+        case Counter::to_resolver: return "to_resolver";
         case Counter::conn_new: return "conn_new";
         case Counter::conn_hit: return "conn_hit";
         case Counter::conn_table_full: return "conn_table_full";
@@ -28,12 +29,22 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::too_big_sent: return "too_big_sent";
         case Counter::busy_cycles: return "busy_cycles";
         case Counter::busy_polls: return "busy_polls";
+        case Counter::rss_handoffs: return "rss_handoffs";
         case Counter::grant_backlog: return "grant_backlog";
         case Counter::grant_backlog_high_water: return "grant_backlog_high_water";
         case Counter::grants_verified: return "grants_verified";
         case Counter::grants_activated: return "grants_activated";
         case Counter::grants_rejected: return "grants_rejected";
         case Counter::revocations_applied: return "revocations_applied";
+        case Counter::next_hops_configured: return "next_hops_configured";
+        case Counter::next_hops_resolved: return "next_hops_resolved";
+        case Counter::next_hop_requests_sent: return "next_hop_requests_sent";
+        case Counter::next_hop_requests_unsent: return "next_hop_requests_unsent";
+        case Counter::next_hop_replies_accepted: return "next_hop_replies_accepted";
+        case Counter::next_hop_replies_ignored: return "next_hop_replies_ignored";
+        case Counter::next_hop_replies_malformed: return "next_hop_replies_malformed";
+        case Counter::next_hop_mac_changes: return "next_hop_mac_changes";
+        case Counter::next_hop_unanswered: return "next_hop_unanswered";
         case Counter::denial_samples_lost: return "denial_samples_lost";
         case Counter::drop_unknown_vip: return "unknown_vip";
         case Counter::drop_no_grant: return "no_grant";
@@ -53,6 +64,9 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::drop_exception_denied: return "exception_denied";
         case Counter::drop_exception_full: return "exception_full";
         case Counter::drop_tx_full: return "tx_full";
+        case Counter::drop_rss_handoff_full: return "rss_handoff_full";
+        case Counter::drop_next_hop_unresolved: return "next_hop_unresolved";
+        case Counter::drop_resolver_full: return "resolver_full";
         case Counter::count_: break;
     }
     return "unknown";

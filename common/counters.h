@@ -29,6 +29,7 @@ enum class Counter : uint16_t {
     echo_replies,         // ICMP / ICMPv6 echo to a VIP answered
     to_exception,         // handed to the main lcore for the exception port
     from_exception,       // sent by the kernel through the exception port, relayed out
+    to_resolver,          // ARP replies / neighbour advertisements handed to the next-hop resolver
     conn_new,             // flows added to the connection table
     conn_hit,             // packets whose flow was in the connection table
     conn_table_full,      // new flow not tracked: table full (Maglev only)
@@ -39,6 +40,7 @@ enum class Counter : uint16_t {
     too_big_sent,         // ICMP frag-needed / packet-too-big sent to a client (see too_big)
     busy_cycles,          // TSC cycles of worker polls that received packets (rx to tx, all queues)
     busy_polls,           // worker polls that received packets
+    rss_handoffs,         // software RSS: frames handed to another worker
     // The main lcore's grant work (written by it alone, in its own block;
     // gauges are current values, the others totals since start).
     grant_backlog,             // gauge: grants waiting for signature verification
@@ -47,6 +49,16 @@ enum class Counter : uint16_t {
     grants_activated,
     grants_rejected,           // refused with a GrantRejected event, any reason
     revocations_applied,
+    // The main lcore's next-hop resolution (ARP / ND, lb/next_hop.h).
+    next_hops_configured,        // gauge: next hops resolved by ARP / ND (0: static or none)
+    next_hops_resolved,          // gauge: of those, the ones whose MAC is known now
+    next_hop_requests_sent,      // ARP requests and neighbour solicitations sent
+    next_hop_requests_unsent,    // due but not sent: no mbuf, or worker 0's ring full
+    next_hop_replies_accepted,   // replies from a configured next hop
+    next_hop_replies_ignored,    // replies from any other address: not learned from
+    next_hop_replies_malformed,  // refused by parse_neighbour_reply
+    next_hop_mac_changes,        // an accepted reply with a new MAC
+    next_hop_unanswered,         // 5 s without a reply while asking (once per silence)
     // Drops, by reason (beyond the parser's, counted in parse_drops).
     drop_unknown_vip,
     drop_no_grant,
@@ -66,6 +78,9 @@ enum class Counter : uint16_t {
     drop_exception_denied,  // not on the exception allowlist
     drop_exception_full,    // exception ring full
     drop_tx_full,           // tx ring did not take it
+    drop_rss_handoff_full,  // software RSS: the chosen worker's ring did not take it
+    drop_next_hop_unresolved,  // encapsulated packet while the next hop's MAC is unknown
+    drop_resolver_full,        // the ring to the next-hop resolver was full
     count_
 };
 

@@ -950,7 +950,6 @@ std::string AuditLog::make_line(uint64_t seq, const AuditHash& prev, int64_t now
 }
 
 std::string AuditLog::checkpoint_due_reason(int64_t now_ms, uint64_t unsigned_lines) const {
-    if (key_ == nullptr || unsigned_lines == 0) return {};
     if (options_.checkpoint_every_lines != 0 && unsigned_lines >= options_.checkpoint_every_lines) {
         return fmt::format("{} lines since the last checkpoint", unsigned_lines);
     }
@@ -976,26 +975,25 @@ AuditHead AuditLog::write_lines(const AuditEvent* event, int64_t now_ms, bool fo
         next = AuditHead{next.seq + 1, hash};
     }
     const uint64_t unsigned_lines = next.seq - last_checkpoint_seq_;
-    std::string reason;
-    if (force_checkpoint && key_ != nullptr && unsigned_lines != 0) {
-        reason = "requested";
-    } else {
-        reason = checkpoint_due_reason(now_ms, unsigned_lines);
-    }
     size_t checkpoint_start = std::string::npos;
-    if (!reason.empty()) {
-        const uint64_t seq = next.seq + 1;
-        const auto message =
-            audit_checkpoint_message(seq, static_cast<uint64_t>(now_ms), next.hash);
-        const GrantSignature sig = key_->sign(message);
-        ordered_json detail = ordered_json::object();
-        detail["key_id"] = key_id_hex(key_->key_id());
-        detail["sig"] = to_hex(sig);
-        AuditHash hash{};
-        checkpoint_start = lines.size();
-        lines += make_line(seq, next.hash, now_ms, options_.self_actor, kAuditCheckpointAction, "",
-                           "ok", reason, detail, hash);
-        next = AuditHead{seq, hash};
+    // Only a log with an audit key checkpoints, and only when a line is unsigned.
+    if (key_ != nullptr && unsigned_lines != 0) {
+        const std::string reason = force_checkpoint ? std::string("requested")
+                                                    : checkpoint_due_reason(now_ms, unsigned_lines);
+        if (!reason.empty()) {
+            const uint64_t seq = next.seq + 1;
+            const auto message =
+                audit_checkpoint_message(seq, static_cast<uint64_t>(now_ms), next.hash);
+            const GrantSignature sig = key_->sign(message);
+            ordered_json detail = ordered_json::object();
+            detail["key_id"] = key_id_hex(key_->key_id());
+            detail["sig"] = to_hex(sig);
+            AuditHash hash{};
+            checkpoint_start = lines.size();
+            lines += make_line(seq, next.hash, now_ms, options_.self_actor, kAuditCheckpointAction,
+                               "", "ok", reason, detail, hash);
+            next = AuditHead{seq, hash};
+        }
     }
     if (lines.empty()) return head_;
 

@@ -205,7 +205,8 @@ class AuditLog {
     // Writes `event` (if any), then a checkpoint if one is due (or forced and
     // any line is unsigned), with one write(2).
     AuditHead write_lines(const AuditEvent* event, int64_t now_ms, bool force_checkpoint);
-    // Why a checkpoint is due after `unsigned_lines` lines without one; "" if not.
+    // Why a checkpoint is due after `unsigned_lines` (> 0) lines without one; "" if not.
+    // Only for a log with an audit key.
     std::string checkpoint_due_reason(int64_t now_ms, uint64_t unsigned_lines) const;
     void write_sink(std::string_view line, uint64_t seq);
 

@@ -99,7 +99,7 @@ ordered_json call(const Globals& g, const ordered_json& request) {
         reply.append(buf, static_cast<size_t>(n));
     }
     ::close(fd);
-    const auto j = ordered_json::parse(reply, nullptr, false);
+    auto j = ordered_json::parse(reply, nullptr, false);  // not const: moved out on return
     if (j.is_discarded() || !j.is_object() || !j.contains("ok")) {
         throw CtlError(3, fmt::format("jitd at {} sent no valid answer (it may have closed the "
                                       "connection: too many clients?)",

@@ -377,9 +377,46 @@ void read_addresses(const Section& root, NodeConfig& config) {
     }
 }
 
-PortConfig read_port(const Section& section) {
-    section.allow_only({"name", "device", "mac", "next_hop_mac", "mtu", "rx_queues",
-                        "rx_descriptors", "tx_descriptors"});
+// A next hop's address (`next_hop` IPv4, `next_hop_v6` IPv6) resolved by ARP
+// or ND: unicast, not one of the node's own, asked from a node address of
+// its family.
+std::optional<IpAddress> read_next_hop(const Section& section, std::string_view key, IpVersion family,
+                                       const NodeConfig& config) {
+    const std::optional<std::string> text = section.string(key);
+    if (!text) return std::nullopt;
+    const bool v4 = family == IpVersion::v4;
+    if (text->find('/') != std::string::npos)
+        section.fail_at(key, fmt::format("'{}': write the address without a prefix length", *text));
+    std::string why;
+    const std::optional<IpPrefix> prefix = parse_ip_prefix(*text, &why);
+    if (!prefix) section.fail_at(key, why);
+    IpAddress address;
+    address.version = prefix->family;
+    address.bytes = prefix->addr;
+    if (address.version != family) {
+        section.fail_at(key, fmt::format("'{}' is an {} address; {} takes the router's {} address ({})", *text,
+                                         v4 ? "IPv6" : "IPv4", key, v4 ? "IPv4" : "IPv6",
+                                         v4 ? "an IPv6 one goes in next_hop_v6" : "an IPv4 one goes in next_hop"));
+    }
+    const bool broadcast = v4 && address.bytes[0] == 255 && address.bytes[1] == 255 && address.bytes[2] == 255 &&
+                           address.bytes[3] == 255;
+    if (address.bytes == std::array<uint8_t, 16>{} || is_multicast(address) || broadcast)
+        section.fail_at(key, fmt::format("'{}' is not a unicast address", *text));
+    if (std::find(config.addresses.begin(), config.addresses.end(), address) != config.addresses.end())
+        section.fail_at(key, fmt::format("'{}' is one of the node's own addresses, not a router", *text));
+    if (std::none_of(config.addresses.begin(), config.addresses.end(),
+                     [&](const IpAddress& a) { return a.version == family; })) {
+        section.fail_at(key, fmt::format("{} needs an {} node address to ask from ({} requests carry the "
+                                         "node's address): add one to addresses",
+                                         v4 ? "ARP" : "neighbour discovery", v4 ? "IPv4" : "IPv6",
+                                         v4 ? "ARP" : "solicitations"));
+    }
+    return address;
+}
+
+PortConfig read_port(const Section& section, const NodeConfig& config) {
+    section.allow_only({"name", "device", "mac", "next_hop_mac", "next_hop", "next_hop_v6", "mtu",
+                        "rx_queues", "rx_descriptors", "tx_descriptors"});
     PortConfig port;
     port.name = section.required_string("name", "the port's name, e.g. name = \"wan\"");
     if (!valid_port_name(port.name)) {
@@ -397,6 +434,15 @@ PortConfig read_port(const Section& section) {
     if (const std::optional<MacAddress> mac = read_mac(section, "next_hop_mac")) {
         port.next_hop_mac = *mac;
         port.next_hop_set = true;
+    }
+    if (const auto a = read_next_hop(section, "next_hop", IpVersion::v4, config)) port.next_hop = *a;
+    if (const auto a = read_next_hop(section, "next_hop_v6", IpVersion::v6, config)) port.next_hop_v6 = *a;
+    if (port.next_hop_set && port.resolves_next_hop()) {
+        const std::string_view key = port.next_hop.version != IpVersion::none ? "next_hop" : "next_hop_v6";
+        section.fail_at(key, fmt::format("{} and next_hop_mac are both set: give the router's MAC "
+                                         "(next_hop_mac, nothing resolved) or its address (resolved by "
+                                         "ARP / ND), not both",
+                                         key));
     }
     if (const auto v = section.integer("mtu", kMinPortMtu, kMaxPortMtu)) {
         port.mtu = static_cast<uint32_t>(*v);
@@ -437,7 +483,7 @@ void read_ports(const Section& root, NodeConfig& config) {
                  fmt::format("expected a table ([[port]]), found {}", type_name(entry)));
         }
         const Section section(root.file(), table, path, table->source().begin);
-        PortConfig port = read_port(section);
+        PortConfig port = read_port(section, config);
         for (size_t j = 0; j < config.ports.size(); ++j) {
             if (config.ports[j].name == port.name) {
                 section.fail_at("name",
@@ -754,11 +800,19 @@ std::string describe(const NodeConfig& config) {
     for (const IpAddress& address : config.addresses) addresses.push_back(format_address(address));
     out += fmt::format("addresses {}\n", join(addresses));
     for (const PortConfig& port : config.ports) {
+        std::string next_hop = port.next_hop_set ? format_mac(port.next_hop_mac) : "not set";
+        if (port.resolves_next_hop()) {
+            std::vector<std::string> resolved;
+            if (port.next_hop.version != IpVersion::none)
+                resolved.push_back(format_address(port.next_hop) + " by ARP");
+            if (port.next_hop_v6.version != IpVersion::none)
+                resolved.push_back(format_address(port.next_hop_v6) + " by ND");
+            next_hop = join(resolved);
+        }
         out += fmt::format(
             "port {}: {}, mac {}, next hop {}, mtu {}, rx queues {}, descriptors rx {} tx {}\n",
-            port.name, port.device, port.mac_set ? format_mac(port.mac) : "the port's",
-            port.next_hop_set ? format_mac(port.next_hop_mac) : "not set", port.mtu,
-            port.rx_queues == 0 ? std::string("one per worker") : std::to_string(port.rx_queues),
+            port.name, port.device, port.mac_set ? format_mac(port.mac) : "the port's", next_hop, port.mtu,
+            port.rx_queues == 0 ? std::string("one per worker (RSS), or one spread in software") : std::to_string(port.rx_queues),
             port.rx_descriptors, port.tx_descriptors);
     }
     if (config.exception_port.empty()) {

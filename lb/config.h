@@ -48,6 +48,15 @@ struct PortConfig {
     bool mac_set = false;
     MacAddress next_hop_mac{};  // when next_hop_set, the router encapsulated packets go to
     bool next_hop_set = false;
+    // Or the router's addresses, its MAC resolved by ARP (next_hop, IPv4) and
+    // neighbour discovery (next_hop_v6) from the main lcore; version none when
+    // absent. Either or both, never with next_hop_mac. With one, it serves
+    // both outer families; with both, each its own.
+    IpAddress next_hop{};
+    IpAddress next_hop_v6{};
+    bool resolves_next_hop() const noexcept {
+        return next_hop.version != IpVersion::none || next_hop_v6.version != IpVersion::none;
+    }
     uint32_t mtu = 1500;             // kMinPortMtu..kMaxPortMtu
     uint16_t rx_queues = 0;          // 0: one per worker
     uint16_t rx_descriptors = 1024;  // powers of two, kMinPortDescriptors..kMaxPortDescriptors

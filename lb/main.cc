@@ -5,6 +5,7 @@
 //
 //   jitlb [EAL options] -- --config jitlb.toml [--exit-when-idle MS]
 //                          [--clock-shift-ms MS] [--stats-json PATH]
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -45,6 +47,7 @@
 #include "config.h"
 #include "control_loop.h"
 #include "counters.h"
+#include "next_hop.h"
 #include "pipeline.h"
 #include "service_table.h"
 #include "worker.h"
@@ -59,6 +62,13 @@ namespace {
 constexpr uint32_t kMbufsPerPort = 8191;
 constexpr uint32_t kMbufCache = 256;
 constexpr uint32_t kExceptionRingSize = 1024;
+// Software RSS: each worker's ring of frames handed over by a spread queue's
+// owner (64 bursts: a receiver that falls behind drops, counted, at the owner).
+constexpr uint32_t kHandoffRingSize = 2048;
+// The spread hash's seed differs from Maglev's, so that worker choice and
+// backend choice are independent.
+constexpr uint64_t kSoftwareRssSeedTweak = 0x5f3759df5f3759df;
+constexpr uint32_t kResolverRingSize = 256;  // replies to the node, per worker: few
 constexpr uint16_t kMaxWorkers = 64;
 
 std::atomic<bool> g_stop{false};
@@ -108,6 +118,8 @@ struct PortState {
     PortConfig config;
     uint16_t id = 0;
     MacAddress mac{};
+    uint16_t rx_queues = 1;
+    bool spread = false;  // software RSS: one rx queue, its owner spreads frames over the workers
 };
 
 uint16_t probe_port(const std::string& device) {
@@ -123,18 +135,32 @@ uint16_t probe_port(const std::string& device) {
     return id;
 }
 
-void configure_port(uint16_t port, const PortConfig& pc, uint16_t rx_queues, uint16_t tx_queues,
-                    rte_mempool* pool) {
+// Configures a port's queues: rx queues as configured, else one per worker
+// when the port has RSS, else one that software RSS spreads (p.spread); one tx
+// queue per worker.
+void configure_port(PortState& p, uint16_t workers, rte_mempool* pool) {
+    const uint16_t port = p.id;
+    const PortConfig& pc = p.config;
+    const uint16_t tx_queues = workers;
     rte_eth_dev_info info{};
     if (rte_eth_dev_info_get(port, &info) != 0) die_rte(fmt::format("port {}: dev_info", pc.name));
+    const bool has_rss = info.flow_type_rss_offloads != 0;
+    const uint16_t rx_queues = pc.rx_queues != 0 ? pc.rx_queues : (has_rss ? workers : 1);
     rte_eth_conf conf{};
-    if (rx_queues > 1 && info.flow_type_rss_offloads != 0) {
+    if (rx_queues > 1 && has_rss) {
         conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) &
                                            info.flow_type_rss_offloads;
     } else if (rx_queues > 1) {
-        die(fmt::format("port {} ({}) has no RSS: run one worker for it", pc.name, info.driver_name));
+        die(fmt::format("port {} ({}) has no RSS for rx_queues = {}: leave rx_queues unset (or 1) and jitlb "
+                        "spreads the port's frames over the workers in software",
+                        pc.name, info.driver_name, rx_queues));
     }
+    p.rx_queues = rx_queues;
+    p.spread = rx_queues == 1 && workers > 1;
+    if (p.spread)
+        std::printf("jitlb: port %s (%s): one rx queue, spread over %u workers in software (software RSS)\n",
+                    pc.name.c_str(), info.driver_name, workers);
     if (rx_queues > info.max_rx_queues || tx_queues > info.max_tx_queues)
         die(fmt::format("port {} ({}) supports {} rx / {} tx queues, {} / {} needed", pc.name,
                         info.driver_name, info.max_rx_queues, info.max_tx_queues, rx_queues, tx_queues));
@@ -193,6 +219,117 @@ void relay_exception(std::vector<std::unique_ptr<WorkerContext>>& workers, uint1
             rte_pktmbuf_free_bulk(m + queued, n - queued);
         }
     }
+}
+
+std::string format_ip(const IpAddress& a) {
+    char text[INET6_ADDRSTRLEN] = {};
+    inet_ntop(a.version == IpVersion::v4 ? AF_INET : AF_INET6, a.bytes.data(), text, sizeof text);
+    return text;
+}
+
+std::string format_mac(const MacAddress& m) {
+    return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+int64_t steady_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// The main lcore's part of next-hop resolution, once per tick: due requests go
+// out through worker 0's return ring (as the kernel's frames do: ports have a
+// tx queue per worker only); replies the workers handed over are read, passed
+// on to the exception port when it allows them (the kernel asked too, perhaps),
+// and the words workers read are stored when a MAC changed. Bounded: one burst
+// per worker ring per tick, never a wait.
+struct NextHopRelay {
+    NextHopSet& set;
+    NextHopMacs& macs;
+    std::string port_name;
+    rte_mempool* pool;
+    bool has_exception;
+    uint16_t exception_port;
+    uint32_t exception_allow;  // ExceptionTraffic bits
+};
+
+void resolve_next_hops(NextHopRelay& r, std::vector<std::unique_ptr<WorkerContext>>& workers,
+                       WorkerCounters& counters) {
+    const int64_t now = steady_ms();
+    const uint64_t words_before[2] = {r.set.word_v4(), r.set.word_v6()};
+    rte_mbuf* m[kBurst];
+    for (auto& w : workers) {
+        const unsigned n = rte_ring_sc_dequeue_burst(w->resolver_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
+        for (unsigned i = 0; i < n; ++i) {
+            const auto result = r.set.on_frame({rte_pktmbuf_mtod(m[i], const uint8_t*), m[i]->data_len}, now);
+            if (result.resolver != nullptr && result.verdict != NextHopResolver::Verdict::confirmed) {
+                const NextHopResolver& nh = *result.resolver;
+                std::printf("jitlb: port %s: next hop %s is at %s (%s)%s\n", r.port_name.c_str(),
+                            format_ip(nh.next_hop()).c_str(), format_mac(nh.mac()).c_str(),
+                            nh.next_hop().version == IpVersion::v4 ? "ARP" : "ND",
+                            result.verdict == NextHopResolver::Verdict::changed ? ": its MAC changed" : "");
+                std::fflush(stdout);
+            }
+            uint32_t kind = 0;  // malformed frames are not passed on
+            if (result.kind == NeighbourFrame::arp_reply) kind = kExceptionArp;
+            else if (result.kind == NeighbourFrame::neighbour_advert) kind = kExceptionNd;
+            if (r.has_exception && (r.exception_allow & kind) != 0) {
+                counters.add(Counter::to_exception);
+                if (rte_eth_tx_burst(r.exception_port, 0, &m[i], 1) == 1) continue;
+                counters.add(Counter::drop_exception_full);
+            }
+            rte_pktmbuf_free(m[i]);
+        }
+    }
+    for (NextHopResolver& nh : r.set.resolvers()) {
+        if (nh.due(now)) {
+            uint8_t frame[kNeighbourSolicitationLen];
+            const size_t len = nh.write_request(now, frame);  // the next one is scheduled even if this fails
+            rte_mbuf* out = rte_pktmbuf_alloc(r.pool);
+            char* data = out != nullptr ? rte_pktmbuf_append(out, static_cast<uint16_t>(len)) : nullptr;
+            if (data != nullptr) std::memcpy(data, frame, len);
+            if (data == nullptr || rte_ring_sp_enqueue(workers[0]->from_kernel_ring, out) != 0) {
+                counters.add(Counter::next_hop_requests_unsent);
+                rte_pktmbuf_free(out);  // null-safe
+            }
+        }
+        if (nh.check_unanswered(now)) {
+            std::fprintf(stderr,
+                         "jitlb: warning: port %s: next hop %s has not answered %s for %lld s; %s\n",
+                         r.port_name.c_str(), format_ip(nh.next_hop()).c_str(),
+                         nh.next_hop().version == IpVersion::v4 ? "ARP" : "neighbour solicitations",
+                         static_cast<long long>((now - nh.unanswered_since_ms()) / 1000),
+                         nh.resolved() ? fmt::format("still sending to its last MAC {}", format_mac(nh.mac())).c_str()
+                                       : "encapsulated packets are dropped (next_hop_unresolved) until it does");
+        }
+    }
+    if (r.set.word_v4() != words_before[0] || r.set.word_v6() != words_before[1]) r.set.publish(r.macs);
+    const NextHopStats t = r.set.totals();
+    const auto set = [&counters](Counter k, uint64_t v) {
+        __atomic_store_n(&counters.by_counter[static_cast<size_t>(k)], v, __ATOMIC_RELAXED);
+    };
+    set(Counter::next_hops_configured, r.set.resolvers().size());
+    set(Counter::next_hops_resolved, r.set.resolved_count());
+    set(Counter::next_hop_requests_sent, t.requests_sent);
+    set(Counter::next_hop_replies_accepted, t.replies_accepted);
+    set(Counter::next_hop_replies_ignored, t.replies_ignored);
+    set(Counter::next_hop_replies_malformed, r.set.malformed());
+    set(Counter::next_hop_mac_changes, t.mac_changes);
+    set(Counter::next_hop_unanswered, t.unanswered);
+}
+
+// The resolvers' state for the stats JSON at exit.
+std::string next_hops_json(const NextHopSet& set, const std::string& port_name) {
+    std::string s;
+    for (const NextHopResolver& nh : set.resolvers()) {
+        const NextHopStats& st = nh.stats();
+        s += fmt::format("{}{{\"port\": \"{}\", \"address\": \"{}\", \"resolved\": {}, \"mac\": \"{}\", "
+                         "\"requests_sent\": {}, \"replies_accepted\": {}, \"replies_ignored\": {}, "
+                         "\"mac_changes\": {}, \"unanswered\": {}}}",
+                         s.empty() ? "" : ", ", port_name, format_ip(nh.next_hop()), nh.resolved() ? "true" : "false",
+                         nh.resolved() ? format_mac(nh.mac()) : "", st.requests_sent, st.replies_accepted,
+                         st.replies_ignored, st.mac_changes, st.unanswered);
+    }
+    return s;
 }
 
 GrantTableMacKey read_mac_key(const std::string& path) {
@@ -520,8 +657,7 @@ int main(int argc, char** argv) {
     if (pool == nullptr) die_rte("mbuf pool");
     const bool has_exception = !config.exception_port.empty();
     for (PortState& p : ports) {
-        const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
-        configure_port(p.id, p.config, rx_queues, n_workers, pool);
+        configure_port(p, n_workers, pool);
         if (p.config.mac_set) {
             p.mac = p.config.mac;
         } else {
@@ -536,21 +672,46 @@ int main(int argc, char** argv) {
     uint16_t exception_id = 0;
     if (has_exception) {
         exception_id = probe_port(config.exception_port);
-        PortConfig ec;
-        ec.name = "exception";
-        ec.device = config.exception_port;
-        ec.rx_descriptors = ec.tx_descriptors = 512;
-        configure_port(exception_id, ec, 1, 1, pool);
+        PortState ep;
+        ep.id = exception_id;
+        ep.config.name = "exception";
+        ep.config.device = config.exception_port;
+        ep.config.rx_descriptors = ep.config.tx_descriptors = 512;
+        ep.config.rx_queues = 1;
+        configure_port(ep, 1, pool);
         rte_ether_addr a{};
         std::memcpy(a.addr_bytes, ports[0].mac.data(), 6);
         if (const int r = rte_eth_dev_default_mac_addr_set(exception_id, &a); r != 0 && r != -ENOTSUP)
             die(fmt::format("exception port: cannot set its MAC: {}", rte_strerror(-r)));
     }
 
-    if (!ports[0].config.next_hop_set)
-        std::fprintf(stderr, "jitlb: warning: port %s has no next_hop_mac: encapsulated packets (ipip, gue) "
-                             "would go to 00:00:00:00:00:00; set [[port]] next_hop_mac to the router's MAC\n",
-                     ports[0].config.name.c_str());
+    // The next hop encapsulated packets go to: the first port's, static or
+    // resolved by ARP / ND from this lcore (asked from the first node address
+    // of each family), published to workers in next_hop_macs.
+    const PortConfig& first = ports[0].config;
+    NextHopMacs next_hop_macs;
+    NextHopSet next_hops(ports[0].mac);
+    const auto node_address = [&config](IpVersion v) {
+        return *std::find_if(config.addresses.begin(), config.addresses.end(),
+                             [v](const IpAddress& a) { return a.version == v; });  // the config checked one exists
+    };
+    if (first.next_hop.version != IpVersion::none) next_hops.add(first.next_hop, node_address(IpVersion::v4));
+    if (first.next_hop_v6.version != IpVersion::none) next_hops.add(first.next_hop_v6, node_address(IpVersion::v6));
+    const bool resolving = !next_hops.empty();
+    if (first.next_hop_set) {
+        next_hop_macs.v4.store(next_hop_word(first.next_hop_mac), std::memory_order_relaxed);
+        next_hop_macs.v6.store(next_hop_word(first.next_hop_mac), std::memory_order_relaxed);
+    } else if (!resolving) {
+        std::fprintf(stderr, "jitlb: warning: port %s has no next hop: encapsulated packets (ipip, gue) are dropped "
+                             "(next_hop_unresolved); set [[port]] next_hop / next_hop_v6 (resolved by ARP / ND) or "
+                             "next_hop_mac\n",
+                     first.name.c_str());
+    }
+    for (size_t i = 1; i < ports.size(); ++i)
+        if (ports[i].config.next_hop_set || ports[i].config.resolves_next_hop())
+            std::fprintf(stderr, "jitlb: warning: port %s: its next hop is not used; the first port's (%s) serves "
+                                 "every port (docs/dataplane.md, Decisions and limits)\n",
+                         ports[i].config.name.c_str(), first.name.c_str());
 
     // The state file, grant table, services and the control loop.
     ServiceTable services(config.backend_capacity);
@@ -595,16 +756,31 @@ int main(int argc, char** argv) {
     control->drain_all();
     publish_control_counters(*control, *main_counters);
 
-    // Workers: each owns its rx queue on every port and tx queue `index`.
+    // Workers: each owns rx queues w, w + W, ... of every port and tx queue
+    // `index`; a spread port's one queue belongs to worker (port index % W),
+    // which hands frames to the others through their handoff rings.
     Quiescence quiescence(n_workers);
+    std::vector<rte_ring*> handoff;
+    if (std::any_of(ports.begin(), ports.end(), [](const PortState& p) { return p.spread; }))
+        for (uint16_t w = 0; w < n_workers; ++w) {
+            handoff.push_back(rte_ring_create(fmt::format("jitlb_rss{}", w).c_str(), kHandoffRingSize,
+                                              static_cast<int>(rte_socket_id()), RING_F_SC_DEQ));
+            if (handoff.back() == nullptr) die_rte("software RSS ring");
+        }
     std::vector<std::unique_ptr<WorkerContext>> workers;
     for (uint16_t w = 0; w < n_workers; ++w) {
         auto ctx = std::make_unique<WorkerContext>();
         ctx->index = w;
-        for (const PortState& p : ports) {
-            const uint16_t rx_queues = p.config.rx_queues != 0 ? p.config.rx_queues : n_workers;
-            for (uint16_t q = w; q < rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
+        for (size_t i = 0; i < ports.size(); ++i) {
+            const PortState& p = ports[i];
+            if (p.spread) {
+                if (i % n_workers == w) ctx->queues.push_back({p.id, 0, true});
+                continue;
+            }
+            for (uint16_t q = w; q < p.rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
         }
+        ctx->handoff = handoff;
+        ctx->rss_seed = config.flow_hash_seed ^ kSoftwareRssSeedTweak;
         uint8_t* block = state.worker_stats.data() + w * block_bytes;
         ctx->counters = new (block) WorkerCounters{};
         ctx->per_service = {new (block + shape.services_offset()) ServiceCounters[config.service_capacity + 1]{},
@@ -615,7 +791,8 @@ int main(int argc, char** argv) {
                             config.backend_capacity};
         NodeIdentity node;
         node.mac = ports[0].mac;
-        node.next_hop_mac = ports[0].config.next_hop_mac;
+        node.next_hop_macs = &next_hop_macs;
+        node.resolver_takes_replies = resolving;
         node.addresses = config.addresses;
         node.outer_source_v4 = config.outer_source_v4;
         node.outer_source_v6 = config.outer_source_v6;
@@ -640,13 +817,19 @@ int main(int argc, char** argv) {
             ctx->exception_ring = rte_ring_create(fmt::format("jitlb_exc{}", w).c_str(), kExceptionRingSize,
                                                   static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
             if (ctx->exception_ring == nullptr) die_rte("exception ring");
-            if (w == 0) {
-                // Worker 0 sends what the kernel sends: ports may have one tx queue per worker only.
-                ctx->from_kernel_ring = rte_ring_create("jitlb_from_kernel", kExceptionRingSize,
-                                                        static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
-                if (ctx->from_kernel_ring == nullptr) die_rte("exception return ring");
-                ctx->from_kernel_port = ports[0].id;
-            }
+        }
+        if (resolving) {
+            ctx->resolver_ring = rte_ring_create(fmt::format("jitlb_nh{}", w).c_str(), kResolverRingSize,
+                                                 static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
+            if (ctx->resolver_ring == nullptr) die_rte("next-hop resolver ring");
+        }
+        if (w == 0 && (has_exception || resolving)) {
+            // Worker 0 sends what the kernel and the resolver send: ports may
+            // have one tx queue per worker only.
+            ctx->from_kernel_ring = rte_ring_create("jitlb_from_kernel", kExceptionRingSize,
+                                                    static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
+            if (ctx->from_kernel_ring == nullptr) die_rte("exception return ring");
+            ctx->from_kernel_port = ports[0].id;
         }
         workers.push_back(std::move(ctx));
     }
@@ -682,6 +865,8 @@ int main(int argc, char** argv) {
     std::printf("jitlb: running: %u worker(s), %zu port(s)\n", n_workers, ports.size());
     std::fflush(stdout);
 
+    NextHopRelay next_hop_relay{next_hops, next_hop_macs, first.name, pool, has_exception, exception_id,
+                                has_exception ? exception_mask(config.exception_allow) : 0};
     // The main lcore: tick, reclaim, sleep.
     prioritise_main_lcore(config.main_nice, config.main_slice_us);
     const auto tick = std::chrono::microseconds(config.tick_us);
@@ -696,6 +881,7 @@ int main(int argc, char** argv) {
         }
         services.reclaim(quiescence);
         if (has_exception) relay_exception(workers, exception_id, *main_counters);
+        if (resolving) resolve_next_hops(next_hop_relay, workers, *main_counters);
         for (auto& w : workers) {
             DenialSample samples[16];
             const unsigned n = rte_ring_sc_dequeue_burst_elem(w->denial_ring, samples, sizeof(DenialSample), 16, nullptr);
@@ -713,6 +899,7 @@ int main(int argc, char** argv) {
     }
 
     rte_eal_mp_wait_lcore();
+    for (auto& w : workers) worker_drain_handoff(*w);
     for (auto& w : workers) worker_release(*w);
     control->tick();  // last events out
     publish_control_counters(*control, *main_counters);
@@ -746,6 +933,7 @@ int main(int argc, char** argv) {
         }
     std::string json = counters_json(total, per_service, *control);
     json.insert(json.size() - 1, ", \"ports\": {" + ports_json + "}");
+    json.insert(json.size() - 1, ", \"next_hops\": [" + next_hops_json(next_hops, first.name) + "]");
     std::printf("jitlb: counters %s\n", json.c_str());
     if (!stats_json.empty()) {
         std::ofstream out(stats_json);

@@ -123,6 +123,8 @@ struct ForwardContext {
     const NodeIdentity& node;
     EncapParams ipip;
     EncapParams gue;
+    uint64_t next_hop_v4;  // next_hop_word()s for this burst, by the outer family
+    uint64_t next_hop_v6;
     WorkerCounters& counters;
     TokenBucket& too_big_limiter;
     uint64_t now;
@@ -201,6 +203,12 @@ Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob
         ctx.counters.add(Counter::too_big_sent);
         return Outcome::answered;
     }
+    // Never to 00:00:00:00:00:00: until the next hop's MAC is known, dropped.
+    const uint64_t next_hop = job.backend.address.version == IpVersion::v6 ? ctx.next_hop_v6 : ctx.next_hop_v4;
+    if (!next_hop_valid(next_hop)) {
+        ctx.counters.add(Counter::drop_next_hop_unresolved);
+        return Outcome::dropped;
+    }
     if (job.pkt.headroom + l3 < hdr) {
         ctx.counters.add(Counter::drop_no_headroom);
         return Outcome::dropped;
@@ -217,6 +225,8 @@ Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob
         ctx.counters.add(Counter::drop_encap_failed);
         return Outcome::dropped;
     }
+    const MacAddress dst = next_hop_mac(next_hop);
+    std::memcpy(start, dst.data(), dst.size());
     // The buffer [data - headroom, data + len + tailroom) stays where it is;
     // Ethernet padding after the IP packet goes with the old length.
     const uint32_t capacity = job.pkt.headroom + job.pkt.len + job.pkt.tailroom;
@@ -561,11 +571,18 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     uint32_t three_tuple = 0;  // bit i: packet i's service is a 3-tuple one (ports zeroed in its flow)
     static_assert(kBurst <= 32);
 
-    ForwardContext ctx{node_, {}, {}, counters_, too_big_limiter_, now};
+    // The next hop's MACs: one load per family per burst, no atomic on the packet path.
+    uint64_t next_hop_v4 = 0, next_hop_v6 = 0;
+    if (node_.next_hop_macs != nullptr) {
+        next_hop_v4 = node_.next_hop_macs->v4.load(std::memory_order_acquire);
+        next_hop_v6 = node_.next_hop_macs->v6.load(std::memory_order_acquire);
+    } else if (node_.next_hop_mac != MacAddress{}) {
+        next_hop_v4 = next_hop_v6 = next_hop_word(node_.next_hop_mac);
+    }
+    ForwardContext ctx{node_, {}, {}, next_hop_v4, next_hop_v6, counters_, too_big_limiter_, now};
     n_samples_ = 0;
     ctx.ipip.kind = EncapKind::ipip;
     ctx.ipip.src_mac = node_.mac;
-    ctx.ipip.dst_mac = node_.next_hop_mac;
     ctx.ipip.source_v4 = node_.outer_source_v4;
     ctx.ipip.source_v6 = node_.outer_source_v6;
     ctx.ipip.ttl = node_.outer_ttl;
@@ -593,6 +610,12 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             if (arp_reply(pkt, p, node_.mac, node_, services)) {
                 counters_.add(Counter::arp_replies);
                 actions[i] = Action::transmit;
+            } else if (node_.resolver_takes_replies && load_be16(pkt.data + p.l3_offset + 6) == 2 &&
+                       is_node_address(IpVersion::v4, pkt.data + p.l3_offset + 24)) {
+                // A reply to the node: perhaps the next hop's (the main lcore
+                // passes it on to the exception port when that allows arp).
+                counters_.add(Counter::to_resolver);
+                actions[i] = Action::resolver;
             } else if (is_node_address(IpVersion::v4, pkt.data + p.l3_offset + 24)) {
                 actions[i] = to_exception(kExceptionArp);
             } else {
@@ -601,10 +624,14 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             continue;
         }
         if (p.kind == PacketKind::ndp) {
+            const bool to_node = p.flow.dst[0] == 0xff || is_node_address(IpVersion::v6, p.flow.dst.data());
             if (nd_reply(pkt, p, node_.mac, node_, services)) {
                 counters_.add(Counter::nd_replies);
                 actions[i] = Action::transmit;
-            } else if (p.flow.dst[0] == 0xff || is_node_address(IpVersion::v6, p.flow.dst.data())) {
+            } else if (node_.resolver_takes_replies && p.icmp_type == 136 && to_node) {
+                counters_.add(Counter::to_resolver);
+                actions[i] = Action::resolver;
+            } else if (to_node) {
                 actions[i] = to_exception(kExceptionNd);
             } else {
                 counters_.add(Counter::drop_not_for_us);

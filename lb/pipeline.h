@@ -20,6 +20,7 @@
 #include "flow.h"
 #include "grant_table.h"
 #include "messages.h"
+#include "next_hop.h"
 #include "packet.h"
 #include "service_table.h"
 
@@ -52,6 +53,7 @@ enum class Action : uint8_t {
     drop = 0,   // counted with its reason
     transmit,   // send on the port it came from
     exception,  // hand to the main lcore (exception port), allowlisted
+    resolver,   // an ARP reply / neighbour advertisement for the main lcore's next-hop resolver
 };
 
 // Traffic for the node itself that may go to the kernel through the
@@ -67,7 +69,15 @@ enum ExceptionTraffic : uint32_t {
 // What the node is, as workers need it (from the config).
 struct NodeIdentity {
     MacAddress mac{};            // the port's own MAC
-    MacAddress next_hop_mac{};   // where encapsulated packets go
+    // Where encapsulated packets go. With next_hop_macs set, the words there
+    // (the resolver's, read once per burst) decide, by the outer family;
+    // else next_hop_mac for both families, unless it is all zeros. A family
+    // without a MAC drops its packets as next_hop_unresolved.
+    MacAddress next_hop_mac{};
+    const NextHopMacs* next_hop_macs = nullptr;
+    // ARP replies and neighbour advertisements to the node go to the
+    // resolver (Action::resolver) rather than the exception path.
+    bool resolver_takes_replies = false;
     std::vector<IpAddress> addresses;  // the node's own addresses
     SourcePrefix outer_source_v4;      // outer source for IPv4 backends
     SourcePrefix outer_source_v6;

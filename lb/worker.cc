@@ -7,6 +7,8 @@
 
 #include <type_traits>
 
+#include "software_rss.h"
+
 namespace jitlb::lb {
 
 namespace {
@@ -46,7 +48,7 @@ void send(WorkerCounters& c, uint16_t port, uint16_t queue, rte_mbuf** tx, uint1
     }
 }
 
-void process_rx(WorkerContext& w, const ServiceSnapshot& snap, const RxQueue& q, rte_mbuf** mbufs, uint16_t n) noexcept {
+void process_rx(WorkerContext& w, const ServiceSnapshot& snap, uint16_t port, rte_mbuf** mbufs, uint16_t n) noexcept {
     PacketBuf bufs[kBurst];
     Action actions[kBurst];
     rte_mbuf* tx[kBurst + kExtra];
@@ -88,6 +90,12 @@ void process_rx(WorkerContext& w, const ServiceSnapshot& snap, const RxQueue& q,
                     drop[n_drop++] = m;
                 }
                 break;
+            case Action::resolver:
+                if (w.resolver_ring == nullptr || rte_ring_sp_enqueue(w.resolver_ring, m) != 0) {
+                    w.counters->add(Counter::drop_resolver_full);
+                    drop[n_drop++] = m;
+                }
+                break;
             case Action::drop:
                 drop[n_drop++] = m;
                 break;
@@ -109,11 +117,76 @@ void process_rx(WorkerContext& w, const ServiceSnapshot& snap, const RxQueue& q,
         extra.used = 0;
         refill_extra(extra, w.pool);
     }
-    send(*w.counters, q.port, static_cast<uint16_t>(w.index), tx, n_tx);
+    send(*w.counters, port, static_cast<uint16_t>(w.index), tx, n_tx);
     if (n_drop > 0) rte_pktmbuf_free_bulk(drop, n_drop);
 }
 
+// Software RSS, on the worker that owns a spread queue: keeps its own share of
+// the burst in place at the front of `mbufs` and returns how many; hands every
+// other frame to the worker its addresses pick. A frame that worker's ring
+// does not take is received and dropped here: counted rx and
+// rss_handoff_full, freed.
+uint16_t spread(WorkerContext& w, uint16_t port, rte_mbuf** mbufs, uint16_t n) noexcept {
+    const auto workers = static_cast<unsigned>(w.handoff.size());
+    rte_mbuf* away[kBurst];
+    uint8_t target[kBurst];
+    uint64_t others = 0;  // bit per worker that gets frames of this burst
+    uint16_t kept = 0, handed = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        rte_mbuf* m = mbufs[i];
+        const std::optional<uint64_t> h =
+            software_rss_hash({rte_pktmbuf_mtod(m, const uint8_t*), m->data_len}, w.rss_seed);
+        const unsigned t = h ? software_rss_worker(*h, workers) : w.index;
+        if (t == w.index) {
+            mbufs[kept++] = m;
+            continue;
+        }
+        m->port = port;  // the receiver sends by m->port; not every PMD sets it
+        away[handed] = m;
+        target[handed++] = static_cast<uint8_t>(t);
+        others |= uint64_t{1} << t;
+    }
+    rte_mbuf* batch[kBurst];
+    rte_mbuf* refused[kBurst];
+    unsigned n_refused = 0;
+    while (others != 0) {
+        const auto t = static_cast<unsigned>(__builtin_ctzll(others));
+        others &= others - 1;
+        unsigned count = 0;
+        for (uint16_t j = 0; j < handed; ++j)
+            if (target[j] == t) batch[count++] = away[j];
+        const unsigned queued = rte_ring_mp_enqueue_burst(w.handoff[t], reinterpret_cast<void**>(batch), count, nullptr);
+        w.counters->add(Counter::rss_handoffs, queued);
+        for (unsigned j = queued; j < count; ++j) refused[n_refused++] = batch[j];
+    }
+    if (n_refused > 0) {
+        for (unsigned j = 0; j < n_refused; ++j) w.counters->add(Counter::rx_bytes, refused[j]->pkt_len);
+        w.counters->add(Counter::rx_packets, n_refused);
+        w.counters->add(Counter::drop_rss_handoff_full, n_refused);
+        rte_pktmbuf_free_bulk(refused, n_refused);
+    }
+    return kept;
+}
+
+// Frames other workers' spread queues handed over: one burst, in runs of one port.
+unsigned take_handoff(WorkerContext& w, const ServiceSnapshot& snap) noexcept {
+    rte_mbuf* mbufs[kBurst];
+    const unsigned n = rte_ring_sc_dequeue_burst(w.handoff[w.index], reinterpret_cast<void**>(mbufs), kBurst, nullptr);
+    for (unsigned first = 0, end; first < n; first = end) {
+        for (end = first + 1; end < n && mbufs[end]->port == mbufs[first]->port;) ++end;
+        process_rx(w, snap, mbufs[first]->port, mbufs + first, static_cast<uint16_t>(end - first));
+    }
+    return n;
+}
+
 }  // namespace
+
+unsigned worker_drain_handoff(WorkerContext& w) noexcept {
+    if (w.handoff.empty()) return 0;
+    unsigned total = 0;
+    while (const unsigned n = take_handoff(w, *w.services->current())) total += n;
+    return total;
+}
 
 unsigned worker_poll(WorkerContext& w) noexcept {
     if (w.extra.available < w.extra.bufs.size()) refill_extra(w.extra, w.pool);
@@ -124,11 +197,13 @@ unsigned worker_poll(WorkerContext& w) noexcept {
     // that received something (testpmd's --record-core-cycles, per poll).
     const uint64_t start = rte_rdtsc();
     for (const RxQueue& q : w.queues) {
-        const uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
+        uint16_t n = rte_eth_rx_burst(q.port, q.queue, mbufs, kBurst);
         if (n == 0) continue;
         received += n;
-        process_rx(w, *snap, q, mbufs, n);
+        if (q.spread) n = spread(w, q.port, mbufs, n);
+        if (n > 0) process_rx(w, *snap, q.port, mbufs, n);
     }
+    if (!w.handoff.empty()) received += take_handoff(w, *snap);
     if (w.from_kernel_ring != nullptr) {
         // What the kernel sent through the exception port, on this worker's tx queue.
         const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(mbufs), kBurst, nullptr);

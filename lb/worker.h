@@ -27,6 +27,9 @@ namespace jitlb::lb {
 struct RxQueue {
     uint16_t port;
     uint16_t queue;
+    // Software RSS (software_rss.h): the port has this one rx queue for all
+    // workers, and its owner hands each frame to the worker its addresses pick.
+    bool spread = false;
 };
 
 struct alignas(64) WorkerContext {
@@ -39,7 +42,13 @@ struct alignas(64) WorkerContext {
     rte_ring* exception_ring = nullptr;    // to the main lcore (SP/SC); nullptr: no exception port
     rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
     rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
+    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore (SP/SC); nullptr: no resolver
     uint16_t from_kernel_port = 0;
+    // Software RSS: the ring each worker takes handed-over frames from, by
+    // worker index (multi-producer, single-consumer); empty when no port
+    // needs it. This worker dequeues handoff[index].
+    std::vector<rte_ring*> handoff;
+    uint64_t rss_seed = 0;
     const ServiceTable* services = nullptr;
     Quiescence* quiescence = nullptr;
     const StateHeader* state_header = nullptr;  // the clock offset word
@@ -54,6 +63,9 @@ struct alignas(64) WorkerContext {
 unsigned worker_poll(WorkerContext& w) noexcept;
 // rte_eal_remote_launch entry: polls until *w.stop, then goes offline.
 int worker_main(void* arg);
+// Software RSS: runs what is left in this worker's handoff ring through its
+// pipeline (after every worker stopped, so no frame received is lost unjudged).
+unsigned worker_drain_handoff(WorkerContext& w) noexcept;
 // Frees the spare mbufs (after the worker stopped).
 void worker_release(WorkerContext& w) noexcept;
 

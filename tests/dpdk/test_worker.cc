@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +43,7 @@
 #include "pipeline.h"
 #include "service_table.h"
 #include "shared_layout.h"
+#include "software_rss.h"
 #include "worker.h"
 
 using namespace jitlb;
@@ -181,7 +183,54 @@ Ports& ports() {
     return *g_ports;
 }
 
+// A port without RSS for software RSS tests: one rx queue, a tx queue per
+// worker (two), as main.cc configures a spread port.
+struct SpreadPort {
+    rte_ring* rx = nullptr;
+    std::array<rte_ring*, 2> tx{};
+    uint16_t id = 0;
+};
+SpreadPort* g_spread = nullptr;
+
+SpreadPort& spread_port() {
+    if (g_spread != nullptr) return *g_spread;
+    Ports& p = ports();
+    auto s = std::make_unique<SpreadPort>();
+    s->rx = rte_ring_create("tws_rx", kPortRingSize, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    for (size_t q = 0; q < 2; ++q)
+        s->tx[q] = rte_ring_create(("tws_tx" + std::to_string(q)).c_str(), kPortRingSize, SOCKET_ID_ANY,
+                                   RING_F_SP_ENQ | RING_F_SC_DEQ);
+    INFO("rings: " << rte_strerror(rte_errno));
+    REQUIRE(s->rx != nullptr);
+    REQUIRE(s->tx[0] != nullptr);
+    REQUIRE(s->tx[1] != nullptr);
+    const int port = rte_eth_from_rings("tws", &s->rx, 1, s->tx.data(), 2, rte_socket_id());
+    INFO("rte_eth_from_rings: " << rte_strerror(rte_errno));
+    REQUIRE(port >= 0);
+    s->id = static_cast<uint16_t>(port);
+    rte_eth_conf conf{};
+    REQUIRE(rte_eth_dev_configure(s->id, 1, 2, &conf) == 0);
+    const auto socket = static_cast<unsigned>(rte_eth_dev_socket_id(s->id));
+    REQUIRE(rte_eth_rx_queue_setup(s->id, 0, kPortRingSize, socket, nullptr, p.pool) == 0);
+    for (uint16_t q = 0; q < 2; ++q) REQUIRE(rte_eth_tx_queue_setup(s->id, q, kPortRingSize, socket, nullptr) == 0);
+    REQUIRE(rte_eth_dev_start(s->id) == 0);
+    g_spread = s.release();
+    return *g_spread;
+}
+
 void close_ports() {
+    if (g_spread != nullptr) {
+        rte_eth_dev_stop(g_spread->id);
+        rte_eth_dev_close(g_spread->id);
+        free_all(g_spread->rx);
+        rte_ring_free(g_spread->rx);
+        for (rte_ring* r : g_spread->tx) {
+            free_all(r);
+            rte_ring_free(r);
+        }
+        delete g_spread;
+        g_spread = nullptr;
+    }
     if (g_ports == nullptr) return;
     for (size_t i = 0; i < 2; ++i) {
         rte_eth_dev_stop(g_ports->id[i]);
@@ -421,10 +470,11 @@ void check_ipip_headers(const Bytes& out, size_t inner_len) {
 // verdict, and what was offered to a tx ring was either sent or counted tx_full.
 void check_counters_add_up(const WorkerCounters& c, uint64_t kernel_frames = 0) {
     uint64_t verdicts = c.get(Counter::forwarded) + c.get(Counter::arp_replies) + c.get(Counter::nd_replies) +
-                        c.get(Counter::echo_replies) + c.get(Counter::to_exception);
+                        c.get(Counter::echo_replies) + c.get(Counter::to_exception) + c.get(Counter::to_resolver);
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i) {
         const auto counter = static_cast<Counter>(i);
-        if (is_drop(counter) && counter != Counter::drop_exception_full && counter != Counter::drop_tx_full)
+        if (is_drop(counter) && counter != Counter::drop_exception_full && counter != Counter::drop_tx_full &&
+            counter != Counter::drop_resolver_full)
             verdicts += c.get(counter);
     }
     for (size_t i = 1; i < c.parse_drops.size(); ++i) verdicts += c.parse_drops[i];
@@ -845,6 +895,203 @@ TEST_CASE("a packet leaves by the port it came in on, and what the kernel sends 
     CHECK(r.get(Counter::tx_packets) == 2);
     CHECK(r.get(Counter::tx_bytes) == (14 + 20 + 40) + kernel_frame.size());
     check_counters_add_up(r.counters, 1);
+}
+
+// --- software RSS ------------------------------------------------------------------
+
+namespace {
+
+// Two workers over the spread port, wired as main.cc wires them when a port
+// has no RSS: worker 0 owns the port's one rx queue and spreads it; each
+// worker has its own pipeline, counters and handoff ring, and sends on its own
+// tx queue. Worker 0 is the Rig's (its grants and services); worker 1 shares them.
+struct SpreadRig {
+    SpreadRig() : sp(spread_port()) {
+        free_all(sp.rx);
+        for (rte_ring* t : sp.tx) free_all(t);
+        static unsigned instance = 0;
+        ++instance;
+        for (size_t w = 0; w < 2; ++w) {
+            handoff[w] = rte_ring_create(("tws_h" + std::to_string(instance) + "_" + std::to_string(w)).c_str(),
+                                         kHandoffRingSize, SOCKET_ID_ANY, RING_F_SC_DEQ);
+            INFO(rte_strerror(rte_errno));
+            REQUIRE(handoff[w] != nullptr);
+        }
+        denial1 = rte_ring_create_elem(("tws_deny" + std::to_string(instance)).c_str(), sizeof(DenialSample),
+                                       kDenialRingSize, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+        REQUIRE(denial1 != nullptr);
+        WorkerContext& w0 = r.ctx;
+        w0.queues = {{sp.id, 0, true}};
+        w0.handoff = {handoff[0], handoff[1]};
+        w0.rss_seed = kRssSeed;
+        w0.quiescence = &quiescence;
+        w1.index = 1;
+        w1.pipeline = std::make_unique<Pipeline>(node_identity(), ConnTableConfig{}, r.grants->reader(), counters1);
+        w1.counters = &counters1;
+        w1.denial_ring = denial1;
+        w1.handoff = w0.handoff;
+        w1.rss_seed = kRssSeed;
+        w1.services = &r.services;
+        w1.quiescence = &quiescence;
+        w1.state_header = &r.header;
+        w1.pool = r.p.pool;
+        w1.stop = &r.stop;
+    }
+    ~SpreadRig() {
+        free_all(sp.rx);
+        for (rte_ring* t : sp.tx) free_all(t);
+        for (rte_ring* h : handoff) {
+            free_all(h);
+            rte_ring_free(h);
+        }
+        worker_release(w1);
+        rte_ring_free(denial1);
+    }
+    SpreadRig(const SpreadRig&) = delete;
+    SpreadRig& operator=(const SpreadRig&) = delete;
+
+    static constexpr unsigned kHandoffRingSize = 256;  // 255 usable
+    static constexpr uint64_t kRssSeed = 0x0123'4567'89ab'cdef;
+
+    // The worker software RSS gives a frame (0 or 1), computed here from the hash alone.
+    static unsigned worker_of(const Bytes& frame) {
+        const std::optional<uint64_t> h = software_rss_hash(frame, kRssSeed);
+        return h ? software_rss_worker(*h, 2) : 0;
+    }
+    void inject(const std::vector<Bytes>& frames) {
+        std::vector<rte_mbuf*> ms;
+        for (const Bytes& f : frames) ms.push_back(r.mbuf(f));
+        REQUIRE(rte_ring_enqueue_burst(sp.rx, reinterpret_cast<void* const*>(ms.data()),
+                                       static_cast<unsigned>(ms.size()), nullptr) == ms.size());
+    }
+
+    Rig r;
+    SpreadPort& sp;
+    std::array<rte_ring*, 2> handoff{};
+    rte_ring* denial1 = nullptr;
+    Quiescence quiescence{2};
+    WorkerCounters counters1;
+    WorkerContext w1;
+};
+
+}  // namespace
+
+TEST_CASE("software RSS: the owner of a port's one rx queue keeps its share, hands the rest to the other worker, and each source's packets leave in order by the worker its addresses pick",
+          "[worker][software_rss]") {
+    SpreadRig s;
+    // 40 granted sources, 3 packets each, interleaved; and an ARP request, which is not hashed.
+    std::vector<std::string> sources;
+    for (int i = 1; i <= 40; ++i) {
+        sources.push_back("198.51.101." + std::to_string(i));
+        s.r.grant(kWeb, sources.back().c_str());
+    }
+    std::vector<Bytes> frames;
+    std::map<std::string, unsigned> expected_worker;
+    for (uint16_t k = 0; k < 3; ++k)
+        for (const std::string& src : sources) {
+            frames.push_back(frame4(src.c_str(), kVip, static_cast<uint16_t>(40000 + k), 80));
+            expected_worker[src] = SpreadRig::worker_of(frames.back());
+        }
+    const Bytes asker_mac{0x02, 0xcc, 0, 0, 0, 1};
+    frames.push_back(arp_request(asker_mac, "198.51.100.200", kVip));
+    unsigned for_1 = 0;
+    for (const auto& [src, w] : expected_worker) for_1 += w;
+    INFO(for_1 << " of 40 sources on worker 1");
+    REQUIRE(for_1 > 5);  // both workers get a real share (a property of the seed, checked)
+    REQUIRE(for_1 < 35);
+    s.inject(frames);
+
+    // Worker 0 polls until the port is empty; worker 1 then takes its ring.
+    unsigned received0 = 0;
+    while (rte_ring_count(s.sp.rx) > 0) received0 += worker_poll(s.r.ctx);
+    CHECK(received0 == frames.size());
+    CHECK(rte_ring_count(s.handoff[1]) == 3 * for_1);
+    CHECK(rte_ring_count(s.handoff[0]) == 0);
+    CHECK(worker_poll(s.w1) == std::min(3 * for_1, unsigned{kBurst}));  // one burst per poll
+    while (rte_ring_count(s.handoff[1]) > 0) worker_poll(s.w1);
+
+    for (unsigned w = 0; w < 2; ++w) {
+        Mbufs tx;
+        dequeue_all(s.sp.tx[w], tx);
+        INFO("tx queue " << w);
+        std::map<std::string, uint16_t> next_port;  // per source: 40000, 40001, 40002 in order
+        unsigned arp = 0;
+        for (size_t k = 0; k < tx.size(); ++k) {
+            const Bytes out = bytes_of(tx[k]);
+            if (be16(&out[12]) == 0x0806) {
+                ++arp;
+                continue;
+            }
+            check_ipip_headers(out, 40);
+            char src[INET_ADDRSTRLEN];
+            REQUIRE(inet_ntop(AF_INET, &out[34 + 12], src, sizeof src) != nullptr);
+            INFO("source " << src);
+            REQUIRE(expected_worker.count(src) == 1);
+            CHECK(expected_worker[src] == w);
+            const uint16_t sport = be16(&out[34 + 20]);
+            CHECK(sport == 40000 + next_port[src]++);
+        }
+        CHECK(arp == (w == 0 ? 1u : 0u));  // the owner answers what it does not hash
+        CHECK(next_port.size() == (w == 0 ? 40 - for_1 : for_1));
+        for (const auto& [src, n] : next_port) CHECK(n == 3);
+    }
+    CHECK(s.r.get(Counter::rss_handoffs) == 3 * for_1);
+    CHECK(s.r.get(Counter::rx_packets) == 3 * (40 - for_1) + 1);
+    CHECK(s.counters1.get(Counter::rx_packets) == 3 * for_1);
+    CHECK(s.r.get(Counter::forwarded) + s.counters1.get(Counter::forwarded) == 120);
+    CHECK(s.r.get(Counter::drop_rss_handoff_full) == 0);
+    check_counters_add_up(s.r.counters);
+    check_counters_add_up(s.counters1);
+    CHECK(s.counters1.get(Counter::busy_polls) > 0);
+}
+
+TEST_CASE("software RSS: frames the chosen worker's full ring does not take are received, counted rss_handoff_full on the owner and freed",
+          "[worker][software_rss][mempool]") {
+    SpreadRig s;
+    // One source on worker 1: find it among a few candidates.
+    std::string src;
+    for (int i = 1; i < 255 && src.empty(); ++i) {
+        const std::string a = "198.51.102." + std::to_string(i);
+        if (SpreadRig::worker_of(frame4(a.c_str(), kVip, 40000, 80)) == 1) src = a;
+    }
+    REQUIRE(!src.empty());
+    s.r.grant(kWeb, src.c_str());
+    const unsigned filler = s.r.fill(s.handoff[1], 3);  // 3 slots left
+    const unsigned in_use = s.r.in_use();
+    std::vector<Bytes> frames;
+    for (uint16_t k = 0; k < 10; ++k) frames.push_back(frame4(src.c_str(), kVip, static_cast<uint16_t>(40000 + k), 80));
+    s.inject(frames);
+    CHECK(worker_poll(s.r.ctx) == 10);
+    CHECK(s.r.get(Counter::rss_handoffs) == 3);
+    CHECK(s.r.get(Counter::drop_rss_handoff_full) == 7);
+    CHECK(s.r.get(Counter::rx_packets) == 7);  // the refused ones got their verdict here
+    CHECK(s.r.get(Counter::rx_bytes) == 7 * 60);
+    CHECK(rte_ring_count(s.handoff[1]) == filler + 3);
+    CHECK(s.r.in_use() == in_use + 3 + kSpares);  // 7 freed; 3 in the ring; the worker's first spares
+    check_counters_add_up(s.r.counters);
+}
+
+TEST_CASE("software RSS: worker_drain_handoff runs what a stopped worker's ring still holds through its pipeline",
+          "[worker][software_rss]") {
+    SpreadRig s;
+    std::vector<Bytes> frames;
+    for (int i = 1; i <= 40; ++i) {
+        const std::string a = "198.51.103." + std::to_string(i);
+        if (SpreadRig::worker_of(frame4(a.c_str(), kVip, 40000, 80)) != 1) continue;
+        s.r.grant(kWeb, a.c_str());
+        frames.push_back(frame4(a.c_str(), kVip, 40000, 80));
+        frames.push_back(frame4(a.c_str(), kVip, 40001, 80));
+    }
+    REQUIRE(frames.size() >= 4);
+    s.inject(frames);
+    while (rte_ring_count(s.sp.rx) > 0) worker_poll(s.r.ctx);
+    REQUIRE(rte_ring_count(s.handoff[1]) == frames.size());
+    CHECK(worker_drain_handoff(s.w1) == frames.size());
+    CHECK(rte_ring_count(s.handoff[1]) == 0);
+    CHECK(s.counters1.get(Counter::forwarded) == frames.size());
+    CHECK(rte_ring_count(s.sp.tx[1]) == frames.size());
+    CHECK(worker_drain_handoff(s.w1) == 0);
+    check_counters_add_up(s.counters1);
 }
 
 // --- main: EAL with fixed arguments, then Catch with the real ones ----------------

@@ -120,6 +120,10 @@ void check_port(const PortConfig& port) {
     check(valid_device(port.device));
     check(port.mac_set ? unicast_mac(port.mac) : port.mac == MacAddress{});
     check(port.next_hop_set ? unicast_mac(port.next_hop_mac) : port.next_hop_mac == MacAddress{});
+    // A next hop to resolve: of its key's family, and never beside a static MAC.
+    check(port.next_hop.version == IpVersion::none || port.next_hop.version == IpVersion::v4);
+    check(port.next_hop_v6.version == IpVersion::none || port.next_hop_v6.version == IpVersion::v6);
+    check(!(port.next_hop_set && port.resolves_next_hop()));
     check(port.mtu >= kMinPortMtu && port.mtu <= kMaxPortMtu);
     check(port.rx_queues <= kMaxPortRxQueues);
     for (const uint16_t d : {port.rx_descriptors, port.tx_descriptors}) {
@@ -214,7 +218,8 @@ void check_error(const ConfigError& e, std::string_view file) {
 
 bool same_port(const PortConfig& a, const PortConfig& b) {
     return a.name == b.name && a.device == b.device && a.mac == b.mac && a.mac_set == b.mac_set &&
-           a.next_hop_mac == b.next_hop_mac && a.next_hop_set == b.next_hop_set && a.mtu == b.mtu &&
+           a.next_hop_mac == b.next_hop_mac && a.next_hop_set == b.next_hop_set && a.next_hop == b.next_hop &&
+           a.next_hop_v6 == b.next_hop_v6 && a.mtu == b.mtu &&
            a.rx_queues == b.rx_queues && a.rx_descriptors == b.rx_descriptors &&
            a.tx_descriptors == b.tx_descriptors;
 }

@@ -251,6 +251,7 @@ struct Node {
         node.flow_hash_seed = 0x5eedf10e00000001;
         node.ticks_per_second = 1000;
         node.exception_allow = kExceptionArp | kExceptionIcmp | kExceptionSsh;
+        node.resolver_takes_replies = true;  // ARP replies and NAs to the node: Action::resolver
         ConnTableConfig conn;
         conn.capacity = 256;  // small: fills up, entries age out within a run
         conn.idle_timeout_ms = 20'000;
@@ -439,7 +440,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check(drops == n.counters.total_drops() - before.total_drops(), "counters: total_drops disagrees");
     const uint64_t forwarded = delta(Counter::forwarded);
     const uint64_t replies = delta(Counter::arp_replies) + delta(Counter::nd_replies) + delta(Counter::echo_replies);
-    const uint64_t exception = delta(Counter::to_exception);
+    const uint64_t exception = delta(Counter::to_exception) + delta(Counter::to_resolver);
     if (forwarded + replies + exception + drops != 1) {
         std::fprintf(stderr, "forwarded %llu replies %llu exception %llu drops %llu\n",
                      static_cast<unsigned long long>(forwarded), static_cast<unsigned long long>(replies),
@@ -465,6 +466,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (action) {
         case Action::transmit: check(sent == 1, "action: transmit without a counted reason"); break;
         case Action::exception: check(exception == 1, "action: exception not counted"); break;
+        case Action::resolver: check(delta(Counter::to_resolver) == 1, "action: resolver not counted"); break;
         case Action::drop: check(sent == 0 && exception == 0, "action: drop of a packet counted as sent"); break;
         default: violated("action: not an Action");
     }

@@ -5,7 +5,7 @@ starts deep inside every branch. Run again after adding a shape."""
 from pathlib import Path
 
 from scapy.all import (ARP, ICMP, IP, UDP, Dot1AD, Dot1Q, Ether, ICMPv6EchoRequest,
-                       ICMPv6ND_NS, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt,
+                       ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt,
                        IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, TCP, Raw)
 
 OUT = Path(__file__).resolve().parent / "corpus" / "fuzz_packet"
@@ -31,6 +31,15 @@ seeds = {
     "v6_first_frag": E / IPv6(src=C6, dst=V6) / IPv6ExtHdrFragment(m=1) / UDP(dport=53) / Raw(b"c" * 40),
     "v6_later_frag": E / IPv6(src=C6, dst=V6) / IPv6ExtHdrFragment(offset=8, nh=6) / Raw(b"d" * 40),
     "v6_ns": E / IPv6(src=C6, dst=V6) / ICMPv6ND_NS(tgt=V6),
+    # next-hop resolution: the replies parse_neighbour_reply reads, and jitlb's own NS
+    "arp_reply": E / ARP(op=2, hwsrc="02:00:00:00:00:01", psrc="192.0.2.1", pdst="192.0.2.10"),
+    "arp_reply_vlan": E / Dot1Q(vlan=100) / ARP(op=2, hwsrc="02:00:00:00:00:01", psrc="192.0.2.1", pdst="192.0.2.10"),
+    "v6_na": E / IPv6(src="2001:db8::1", dst=V6, hlim=255) / ICMPv6ND_NA(tgt="2001:db8::1", S=1, O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:01"),
+    "v6_na_bare": E / IPv6(src="2001:db8::1", dst=V6, hlim=255) / ICMPv6ND_NA(tgt="2001:db8::1", S=1),
+    "v6_ns_multicast": Ether(src="02:00:00:00:00:02", dst="33:33:ff:00:00:01")
+        / IPv6(src=V6, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt="2001:db8::1")
+        / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:02"),
     "v6_echo": E / IPv6(src=C6, dst=V6) / ICMPv6EchoRequest(),
     "v6_ptb": E / IPv6(src="2001:db8::1", dst=V6) / ICMPv6PacketTooBig(mtu=1280)
         / bytes(IPv6(src=V6, dst=C6) / TCP(sport=443, dport=50000))[:48],

@@ -10,11 +10,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "encap.h"
 #include "flow_hash.h"
+#include "grant.h"
 #include "packet.h"
 #include "pcap_file.h"
 
@@ -32,10 +34,22 @@ bool parse_address(const std::string& text, jitlb::IpAddress& out) {
     return false;
 }
 
-bool parse_prefix(const std::string& text, jitlb::SourcePrefix& out) {
-    const auto slash = text.find('/');
-    if (slash == std::string::npos || !parse_address(text.substr(0, slash), out.base)) return false;
-    out.prefix_len = static_cast<uint8_t>(std::atoi(text.c_str() + slash + 1));
+// An outer source prefix of `family`, as strict as jitlb's [encap] outer_source_v4/v6.
+bool parse_prefix(const char* text, jitlb::IpVersion family, jitlb::SourcePrefix& out) {
+    std::string why;
+    const std::optional<jitlb::IpPrefix> prefix = jitlb::parse_ip_prefix(text, &why);
+    if (!prefix) {
+        std::fprintf(stderr, "encap_pcap: %s\n", why.c_str());
+        return false;
+    }
+    if (prefix->family != family) {
+        std::fprintf(stderr, "encap_pcap: '%s' is not an %s prefix\n", text,
+                     family == jitlb::IpVersion::v4 ? "IPv4" : "IPv6");
+        return false;
+    }
+    out.base.version = prefix->family;
+    out.base.bytes = prefix->addr;
+    out.prefix_len = prefix->prefix_len;
     return true;
 }
 
@@ -53,7 +67,8 @@ int main(int argc, char** argv) {
     params.dst_mac = {0x02, 0, 0, 0, 0, 0xbb};
     jitlb::IpAddress backend;
     if ((kind != "ipip" && kind != "gue") || !parse_address(argv[2], backend) ||
-        !parse_prefix(argv[3], params.source_v4) || !parse_prefix(argv[4], params.source_v6)) {
+        !parse_prefix(argv[3], jitlb::IpVersion::v4, params.source_v4) ||
+        !parse_prefix(argv[4], jitlb::IpVersion::v6, params.source_v6)) {
         std::fprintf(stderr, "encap_pcap: bad kind, backend or source prefix\n");
         return 2;
     }

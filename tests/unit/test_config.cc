@@ -396,6 +396,33 @@ TEST_CASE("each kind of mistake is one error naming the key and what was wrong",
         {"multicast next-hop MAC",
          edited("name = \"wan\"", "name = \"wan\"\nnext_hop_mac = \"01:00:5e:00:00:01\""),
          "port[0].next_hop_mac", "multicast"},
+        {"IPv6 address as the IPv4 next hop",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"2001:db8::1\""), "port[0].next_hop",
+         "an IPv6 one goes in next_hop_v6"},
+        {"IPv4 address as the IPv6 next hop",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop_v6 = \"192.0.2.1\""), "port[0].next_hop_v6",
+         "an IPv4 one goes in next_hop"},
+        {"next hop with a prefix length",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"192.0.2.1/24\""), "port[0].next_hop",
+         "without a prefix length"},
+        {"next hop that is not an address",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"router1\""), "port[0].next_hop", "router1"},
+        {"multicast next hop", edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"224.0.0.1\""),
+         "port[0].next_hop", "not a unicast address"},
+        {"broadcast next hop", edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"255.255.255.255\""),
+         "port[0].next_hop", "not a unicast address"},
+        {"unspecified IPv6 next hop", edited("name = \"wan\"", "name = \"wan\"\nnext_hop_v6 = \"::\""),
+         "port[0].next_hop_v6", "not a unicast address"},
+        {"the node's own address as next hop",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"192.0.2.10\""), "port[0].next_hop",
+         "one of the node's own addresses"},
+        {"an IPv6 next hop without an IPv6 node address to ask from",
+         edited("name = \"wan\"", "name = \"wan\"\nnext_hop_v6 = \"2001:db8::1\""), "port[0].next_hop_v6",
+         "needs an IPv6 node address"},
+        {"a static next-hop MAC and a next hop to resolve",
+         edited("name = \"wan\"",
+                "name = \"wan\"\nnext_hop_mac = \"02:00:00:00:00:fe\"\nnext_hop = \"192.0.2.1\""),
+         "port[0].next_hop", "not both"},
         {"all-zero MAC", edited("name = \"wan\"", "name = \"wan\"\nmac = \"00:00:00:00:00:00\""),
          "port[0].mac", "not a usable address"},
         {"host bits set in the outer source prefix", edited("10.255.0.0/16", "10.255.0.1/16"),
@@ -533,6 +560,37 @@ TEST_CASE("load_node_config reads a file and refuses unsafe or unreadable ones",
         REQUIRE(std::holds_alternative<ConfigError>(result));
         CHECK(std::get<ConfigError>(result).to_string().rfind(bad.path() + ":2:", 0) == 0);
     }
+}
+
+TEST_CASE("a port's next hop may be given by address, IPv4 for ARP and IPv6 for neighbour discovery",
+          "[config][next_hop]") {
+    const NodeConfig c = parse_ok(edited("addresses = [\"192.0.2.10\"]", "addresses = [\"192.0.2.10\", \"2001:db8::10\"]") +
+                                  R"(
+[[port]]
+name = "lan"
+device = "0000:01:00.1"
+next_hop = "192.0.2.1"
+next_hop_v6 = "fe80::1"
+)");
+    REQUIRE(c.ports.size() == 2);
+    CHECK_FALSE(c.ports[0].resolves_next_hop());
+    const jitlb::lb::PortConfig& lan = c.ports[1];
+    CHECK(lan.resolves_next_hop());
+    CHECK_FALSE(lan.next_hop_set);
+    CHECK(lan.next_hop.version == IpVersion::v4);
+    CHECK(lan.next_hop.bytes[0] == 192);
+    CHECK(lan.next_hop.bytes[3] == 1);
+    CHECK(lan.next_hop_v6.version == IpVersion::v6);
+    CHECK(lan.next_hop_v6.bytes[0] == 0xfe);
+    CHECK(lan.next_hop_v6.bytes[15] == 1);
+    const std::string text = jitlb::lb::describe(c);
+    INFO(text);
+    CHECK(text.find("next hop 192.0.2.1 by ARP, fe80::1 by ND") != std::string::npos);
+
+    // One family alone is enough.
+    const NodeConfig v4 = parse_ok(edited("name = \"wan\"", "name = \"wan\"\nnext_hop = \"192.0.2.1\""));
+    CHECK(v4.ports[0].resolves_next_hop());
+    CHECK(v4.ports[0].next_hop_v6.version == IpVersion::none);
 }
 
 TEST_CASE("describe names the settings that matter at start", "[config]") {

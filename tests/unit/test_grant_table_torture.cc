@@ -22,6 +22,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "env_seconds.h"
 #include "flow_hash.h"
 #include "grant_table.h"
 
@@ -52,9 +53,7 @@ void pin(pthread_t thread, int cpu) {
 }
 
 double torture_seconds() {
-    const char* env = std::getenv("JITLB_TORTURE_SECONDS");
-    if (env == nullptr || *env == '\0') return 5.0;
-    return std::max(0.1, std::atof(env));
+    return std::max(0.1, env_seconds("JITLB_TORTURE_SECONDS", 5.0));
 }
 
 // The keys: 3 services x (IPv4 /32, IPv4 /24, IPv6 /128, IPv6 /64) x 16

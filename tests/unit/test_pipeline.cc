@@ -1586,3 +1586,123 @@ TEST_CASE("ICMP errors about a granted flow are forwarded only when sent to the 
         CHECK(n.process(later, kNow + 1) == Action::transmit);  // 1 ms on: one more token (1000 per second)
     }
 }
+
+// --- the next hop's MAC -------------------------------------------------------
+
+TEST_CASE("until the resolver knows the next hop's MAC, encapsulated packets are dropped as next_hop_unresolved; "
+          "then they go to the learned MAC, by the backend's family",
+          "[pipeline][next_hop]") {
+    const MacAddress learned4{0x02, 0xdd, 0x00, 0x00, 0x00, 0x04};
+    const MacAddress learned6{0x02, 0xdd, 0x00, 0x00, 0x00, 0x06};
+    NextHopMacs macs;
+    NodeIdentity identity = node_identity();
+    identity.next_hop_mac = {};
+    identity.next_hop_macs = &macs;
+    TestNode n({}, identity);
+    add_standard_services(n);
+    grant_standard_client(n);
+    const Bytes ipip4 = pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80)));
+    const Bytes ipip6 = eth6(tcp6("2001:db8::7", "2001:db8::64", 40000, 443));
+    const Bytes gue = pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.20", 40000, 80)));
+    const Bytes dsr = pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.30", 40000, 80)));
+
+    {
+        Buf a(ipip4), b(ipip6), c(gue), d(dsr);
+        CHECK(n.process(a) == Action::drop);
+        CHECK(n.process(b) == Action::drop);
+        CHECK(n.process(c) == Action::drop);
+        CHECK(n.process(d) == Action::transmit);  // L2 DSR needs no next hop
+        CHECK(n.get(Counter::drop_next_hop_unresolved) == 3);
+        CHECK(n.get(Counter::forwarded) == 1);
+        CHECK(a.bytes() == ipip4);  // untouched
+    }
+
+    macs.v4.store(next_hop_word(learned4));
+    {
+        Buf a(ipip4), b(ipip6), c(gue);
+        REQUIRE(n.process(a) == Action::transmit);
+        CHECK(Bytes(a.pkt.data, a.pkt.data + 6) == mac_bytes(learned4));
+        CHECK(Bytes(a.pkt.data + 6, a.pkt.data + 12) == mac_bytes(kNodeMac));
+        REQUIRE(n.process(c) == Action::transmit);
+        CHECK(Bytes(c.pkt.data, c.pkt.data + 6) == mac_bytes(learned4));
+        CHECK(n.process(b) == Action::drop);  // the IPv6 next hop is still unknown
+        CHECK(n.get(Counter::drop_next_hop_unresolved) == 4);
+    }
+
+    macs.v6.store(next_hop_word(learned6));
+    {
+        Buf b(ipip6);
+        REQUIRE(n.process(b) == Action::transmit);
+        CHECK(Bytes(b.pkt.data, b.pkt.data + 6) == mac_bytes(learned6));
+        CHECK(be16(b.pkt.data + 12) == 0x86dd);
+    }
+
+    // A new MAC (the router changed) applies from the next burst.
+    macs.v4.store(next_hop_word(learned6));
+    {
+        Buf a(ipip4);
+        REQUIRE(n.process(a) == Action::transmit);
+        CHECK(Bytes(a.pkt.data, a.pkt.data + 6) == mac_bytes(learned6));
+    }
+    CHECK(n.get(Counter::drop_next_hop_unresolved) == 4);
+}
+
+TEST_CASE("with no next-hop MAC at all, encapsulated packets are dropped, never sent to 00:00:00:00:00:00",
+          "[pipeline][next_hop]") {
+    NodeIdentity identity = node_identity();
+    identity.next_hop_mac = {};
+    TestNode n({}, identity);
+    add_standard_services(n);
+    grant_standard_client(n);
+    Buf a(pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80))));
+    CHECK(n.process(a) == Action::drop);
+    CHECK(n.get(Counter::drop_next_hop_unresolved) == 1);
+    CHECK(n.get(Counter::forwarded) == 0);
+}
+
+TEST_CASE("with the resolver on, ARP replies and neighbour advertisements to the node go to it, even without an "
+          "exception port; requests are still answered",
+          "[pipeline][next_hop]") {
+    const Bytes router_mac{0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+    const Bytes node_mac = mac_bytes(kNodeMac);
+    const auto arp_reply_to = [&](const char* target) {
+        return pad_to_min(eth_frame(node_mac, router_mac, 0x0806,
+                                    arp(2, router_mac, wire("192.0.2.1"), node_mac, wire(target))));
+    };
+    NodeIdentity identity = node_identity();
+    identity.exception_allow = 0;  // no exception port
+    SECTION("resolver on") {
+        identity.resolver_takes_replies = true;
+        TestNode n({}, identity);
+        add_standard_services(n);
+        Buf reply(arp_reply_to("192.0.2.10"));
+        CHECK(n.process(reply) == Action::resolver);
+        CHECK(reply.bytes() == arp_reply_to("192.0.2.10"));  // unchanged
+        Buf elsewhere(arp_reply_to("192.0.2.99"));
+        CHECK(n.process(elsewhere) == Action::drop);
+        CHECK(n.get(Counter::drop_not_for_us) == 1);
+        Buf na(neighbour_advertisement(node_mac, "2001:db8::10", "2001:db8::1", 0x60));
+        CHECK(n.process(na) == Action::resolver);
+        Buf unsolicited(neighbour_advertisement(Bytes{0x33, 0x33, 0, 0, 0, 1}, "ff02::1", "2001:db8::1", 0x20));
+        CHECK(n.process(unsolicited) == Action::resolver);
+        CHECK(n.get(Counter::to_resolver) == 3);
+        // What the node answers itself is unchanged.
+        Buf ns(neighbour_solicitation(router_mac, "2001:db8::1", "2001:db8::10", 255));
+        CHECK(n.process(ns) == Action::transmit);
+        Buf request(pad_to_min(eth_frame(Bytes(6, 0xff), router_mac, 0x0806,
+                                         arp(1, router_mac, wire("192.0.2.1"), Bytes(6, 0), wire("192.0.2.10")))));
+        CHECK(n.process(request) == Action::transmit);
+        CHECK(n.get(Counter::to_exception) == 0);
+        CHECK(n.get(Counter::drop_exception_denied) == 0);
+    }
+    SECTION("resolver off: the exception path decides, as before") {
+        TestNode n({}, identity);
+        add_standard_services(n);
+        Buf reply(arp_reply_to("192.0.2.10"));
+        CHECK(n.process(reply) == Action::drop);
+        Buf na(neighbour_advertisement(node_mac, "2001:db8::10", "2001:db8::1", 0x60));
+        CHECK(n.process(na) == Action::drop);
+        CHECK(n.get(Counter::drop_exception_denied) == 2);
+        CHECK(n.get(Counter::to_resolver) == 0);
+    }
+}

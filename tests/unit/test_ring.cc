@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "env_seconds.h"
 #include "shared_atomic.h"
 #include "spsc_ring.h"
 
@@ -71,8 +72,7 @@ void attach(Ring& r) {
 }
 
 double torture_seconds() {
-    const char* env = std::getenv("JITLB_RING_TORTURE_SECONDS");
-    return env != nullptr ? std::atof(env) : 5.0;
+    return env_seconds("JITLB_RING_TORTURE_SECONDS", 5.0);
 }
 
 }  // namespace

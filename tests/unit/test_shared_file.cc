@@ -24,6 +24,7 @@
 
 #include <fmt/format.h>
 
+#include "env_seconds.h"
 #include "messages.h"
 #include "shared_file.h"
 #include "shared_layout.h"
@@ -97,8 +98,7 @@ StateSizes small_state_sizes() {
 }
 
 double seqlock_torture_seconds() {
-    const char* env = std::getenv("JITLB_SEQLOCK_TORTURE_SECONDS");
-    return env != nullptr ? std::atof(env) : 2.0;
+    return env_seconds("JITLB_SEQLOCK_TORTURE_SECONDS", 2.0);
 }
 
 }  // namespace
