@@ -1,6 +1,8 @@
 // Counter names (counters.h): stable, used by stats, telemetry and docs/counters.md.
 #include "counters.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 
 namespace jitlb::lb {
@@ -91,18 +93,73 @@ void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept {
         total.parse_drops[i] += __atomic_load_n(&w.parse_drops[i], __ATOMIC_RELAXED);
 }
 
-void sum_stats_blocks(std::span<const uint8_t> stats, uint32_t service_capacity, WorkerCounters& total,
-                      std::span<ServiceCounters> per_service) noexcept {
-    const size_t block = stats_block_bytes(service_capacity);
-    const size_t ids = std::min(per_service.size(), size_t{service_capacity} + 1);
+void sum_stats_blocks(std::span<const uint8_t> stats, StatsBlockShape shape, WorkerCounters& total,
+                      std::span<ServiceCounters> per_service, std::span<BackendCounters> per_backend) noexcept {
+    const size_t block = shape.block_bytes();
+    const size_t ids = std::min(per_service.size(), size_t{shape.service_capacity} + 1);
+    const size_t slots = std::min(per_backend.size(), size_t{shape.backend_capacity});
+    const auto add = [](ForwardCounters& to, const ForwardCounters& from) {
+        to.packets += __atomic_load_n(&from.packets, __ATOMIC_RELAXED);
+        to.bytes += __atomic_load_n(&from.bytes, __ATOMIC_RELAXED);
+    };
     for (size_t b = 0; b + block <= stats.size(); b += block) {
         add_counters(total, *reinterpret_cast<const WorkerCounters*>(stats.data() + b));
-        const auto* per = reinterpret_cast<const ServiceCounters*>(stats.data() + b + sizeof(WorkerCounters));
-        for (size_t id = 0; id < ids; ++id) {
-            per_service[id].packets += __atomic_load_n(&per[id].packets, __ATOMIC_RELAXED);
-            per_service[id].bytes += __atomic_load_n(&per[id].bytes, __ATOMIC_RELAXED);
+        const auto* svc = reinterpret_cast<const ServiceCounters*>(stats.data() + b + shape.services_offset());
+        for (size_t id = 0; id < ids; ++id) add(per_service[id], svc[id]);
+        const auto* be = reinterpret_cast<const BackendCounters*>(stats.data() + b + shape.backends_offset());
+        for (size_t slot = 0; slot < slots; ++slot) add(per_backend[slot], be[slot]);
+    }
+}
+
+BackendCounters sum_backend_slot(std::span<const uint8_t> stats, StatsBlockShape shape, uint32_t slot) noexcept {
+    BackendCounters sum;
+    if (slot >= shape.backend_capacity) return sum;
+    const size_t block = shape.block_bytes();
+    const size_t at = shape.backends_offset() + size_t{slot} * sizeof(BackendCounters);
+    for (size_t b = 0; b + block <= stats.size(); b += block) {
+        const auto* c = reinterpret_cast<const BackendCounters*>(stats.data() + b + at);
+        sum.packets += __atomic_load_n(&c->packets, __ATOMIC_RELAXED);
+        sum.bytes += __atomic_load_n(&c->bytes, __ATOMIC_RELAXED);
+    }
+    return sum;
+}
+
+std::string BackendReport::address_text() const {
+    char text[INET6_ADDRSTRLEN] = "";
+    if (info.address.version == IpVersion::none) return {};
+    inet_ntop(info.address.version == IpVersion::v4 ? AF_INET : AF_INET6, info.address.bytes.data(), text,
+              sizeof text);
+    return text;
+}
+
+std::vector<BackendReport> read_backend_counters(std::span<const BackendMapEntry> backends,
+                                                 std::span<const uint8_t> stats, StatsBlockShape shape) {
+    const auto same = [](const BackendSlotInfo& a, const BackendSlotInfo& b) {
+        return a.service_id == b.service_id && a.baseline_packets == b.baseline_packets &&
+               a.baseline_bytes == b.baseline_bytes && a.id == b.id;
+    };
+    std::vector<BackendReport> reports;
+    for (uint32_t slot = 0; slot < backends.size() && slot < shape.backend_capacity; ++slot) {
+        // The counters after the entry (relaxed loads after its acquire
+        // loads), so they hold at least its baseline; the entry again after
+        // them, so a slot reassigned meanwhile is read anew.
+        for (int attempt = 0; attempt < 4; ++attempt) {
+            BackendReport r;
+            if (backend_map_read(backends[slot], r.info) != SeqRead::ok || r.info.service_id == 0) break;
+            const BackendCounters sum = sum_backend_slot(stats, shape, slot);
+            BackendSlotInfo again;
+            if (backend_map_read(backends[slot], again) != SeqRead::ok || !same(again, r.info)) continue;
+            r.slot = slot;
+            r.packets = sum.packets > r.info.baseline_packets ? sum.packets - r.info.baseline_packets : 0;
+            r.bytes = sum.bytes > r.info.baseline_bytes ? sum.bytes - r.info.baseline_bytes : 0;
+            reports.push_back(r);
+            break;
         }
     }
+    std::stable_sort(reports.begin(), reports.end(), [](const BackendReport& a, const BackendReport& b) {
+        return a.info.service_id < b.info.service_id;
+    });
+    return reports;
 }
 
 }  // namespace jitlb::lb

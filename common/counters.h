@@ -8,9 +8,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "packet.h"
+#include "shared_layout.h"
 
 namespace jitlb::lb {
 
@@ -81,13 +84,17 @@ enum class Counter : uint16_t {
     count_
 };
 
-// Forwarded packets and bytes (as received from the client) of one service,
-// per worker, indexed by service id (the state file's map).
-struct ServiceCounters {
+// Forwarded packets and bytes (as received from the client), per worker: of
+// one service (ServiceCounters, indexed by service id, the state file's
+// service map) or of one backend (BackendCounters, indexed by counter slot,
+// the state file's backend map).
+struct ForwardCounters {
     uint64_t packets = 0;
     uint64_t bytes = 0;
 };
-static_assert(sizeof(ServiceCounters) == 16);
+static_assert(sizeof(ForwardCounters) == 16);
+using ServiceCounters = ForwardCounters;
+using BackendCounters = ForwardCounters;
 
 std::string_view counter_name(Counter c) noexcept;
 bool is_drop(Counter c) noexcept;
@@ -110,18 +117,50 @@ double cycles_per_packet(const WorkerCounters& c) noexcept;
 // Adds `w` into `total` with relaxed loads (w's lcore may be writing it).
 void add_counters(WorkerCounters& total, const WorkerCounters& w) noexcept;
 
-// One lcore's block in the state file's stats lines: its WorkerCounters, then
-// ServiceCounters for ids 0..service_capacity, rounded up to 64 bytes.
-inline size_t stats_block_bytes(uint32_t service_capacity) noexcept {
-    const size_t bytes = sizeof(WorkerCounters) + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
-    return (bytes + 63) / 64 * 64;
-}
+// The shape of one lcore's block in the state file's stats lines: its
+// WorkerCounters, then ServiceCounters for ids 0..service_capacity, then
+// BackendCounters for slots 0..backend_capacity-1, rounded up to 64 bytes.
+struct StatsBlockShape {
+    uint32_t service_capacity = 0;
+    uint32_t backend_capacity = 0;
+    size_t services_offset() const noexcept { return sizeof(WorkerCounters); }
+    size_t backends_offset() const noexcept {
+        return services_offset() + (size_t{service_capacity} + 1) * sizeof(ServiceCounters);
+    }
+    size_t block_bytes() const noexcept {
+        return (backends_offset() + size_t{backend_capacity} * sizeof(BackendCounters) + 63) / 64 * 64;
+    }
+    // As a state file's header declares it.
+    static StatsBlockShape of(const StateHeader& h) noexcept { return {h.service_capacity, h.backend_capacity}; }
+};
 
 // Sums every lcore's block of the stats lines `stats` (a state file's, as
 // jitctl, jitlb_stage and jitlb's telemetry read them; relaxed loads, the
-// lcores may be writing): counters into `total`, and per service id into
-// `per_service` when it is not empty (ids beyond its size are left out).
-void sum_stats_blocks(std::span<const uint8_t> stats, uint32_t service_capacity, WorkerCounters& total,
-                      std::span<ServiceCounters> per_service = {}) noexcept;
+// lcores may be writing): counters into `total`, per service id into
+// `per_service` and per backend slot into `per_backend` when they are not
+// empty (ids and slots beyond their sizes are left out).
+void sum_stats_blocks(std::span<const uint8_t> stats, StatsBlockShape shape, WorkerCounters& total,
+                      std::span<ServiceCounters> per_service = {},
+                      std::span<BackendCounters> per_backend = {}) noexcept;
+
+// One backend slot's counters summed over every block (relaxed loads): the
+// baseline the main lcore records when it assigns the slot.
+BackendCounters sum_backend_slot(std::span<const uint8_t> stats, StatsBlockShape shape, uint32_t slot) noexcept;
+
+// One backend as the readers report it: named from the backend map, its
+// counters summed over the workers less the slot's baseline.
+struct BackendReport {
+    uint32_t slot = 0;
+    BackendSlotInfo info;
+    uint64_t packets = 0;
+    uint64_t bytes = 0;
+    std::string address_text() const;  // "10.0.0.1", "2001:db8::1"; "" without a family
+};
+
+// Every backend the map `backends` names (busy entries left out), by service
+// id then slot, with its counters from `stats`; `backends` is read before the
+// counters, so a slot just reassigned never reports its previous backend's.
+std::vector<BackendReport> read_backend_counters(std::span<const BackendMapEntry> backends,
+                                                 std::span<const uint8_t> stats, StatsBlockShape shape);
 
 }  // namespace jitlb::lb

@@ -1,5 +1,5 @@
-// Layouts, the layout hash, header checks and the service map seqlock
-// (docs/shared-region.md).
+// Layouts, the layout hash, header checks and the seqlocks of the service
+// map and the backend map (docs/shared-region.md).
 #include "shared_layout.h"
 
 #include <sys/random.h>
@@ -76,12 +76,19 @@ std::vector<uint64_t> build_layout_facts() {
         JITLB_FACT(StateHeader, grant_format_hash), JITLB_FACT(StateHeader, event_ring_slots),
         JITLB_FACT(StateHeader, slot_bytes), JITLB_FACT(StateHeader, worker_stats_lines),
         JITLB_FACT(StateHeader, service_capacity), JITLB_FACT(StateHeader, tsc_hz),
+        JITLB_FACT(StateHeader, backend_capacity), JITLB_FACT(StateHeader, backend_map_generation),
         JITLB_FACT(StateHeader, heartbeat_unix_ms), JITLB_FACT(StateHeader, service_map_generation),
         JITLB_FACT(StateHeader, clock_offset_ticks), static_cast<uint64_t>(StateSection::count_),
         // ServiceMapEntry
         sizeof(ServiceMapEntry), JITLB_FACT(ServiceMapEntry, seq),
         JITLB_FACT(ServiceMapEntry, id_and_flags), JITLB_FACT(ServiceMapEntry, name),
         JITLB_FACT(ServiceMapEntry, generation), kMaxServiceNameLen, kMaxServiceCapacity,
+        // BackendMapEntry
+        sizeof(BackendMapEntry), JITLB_FACT(BackendMapEntry, seq),
+        JITLB_FACT(BackendMapEntry, service_and_family), JITLB_FACT(BackendMapEntry, baseline_packets),
+        JITLB_FACT(BackendMapEntry, baseline_bytes), JITLB_FACT(BackendMapEntry, address),
+        JITLB_FACT(BackendMapEntry, weight), JITLB_FACT(BackendMapEntry, id), kMaxBackendIdBytes,
+        kMaxBackendCapacity,
         // Rings
         sizeof(RingProducerControl), JITLB_FACT(RingProducerControl, index),
         JITLB_FACT(RingProducerControl, epoch), JITLB_FACT(RingProducerControl, slot_count),
@@ -250,6 +257,9 @@ BasicStateRegion<Byte> state_view(std::span<Byte> file, const StateLayout& layou
     r.grant_table = file.subspan(layout.grant_table.offset, layout.grant_table.bytes);
     r.revoked_set = file.subspan(layout.revoked_set.offset, layout.revoked_set.bytes);
     r.service_tables = file.subspan(layout.service_tables.offset, layout.service_tables.bytes);
+    using BackendEntry = typename decltype(r.backends)::element_type;
+    r.backends = {reinterpret_cast<BackendEntry*>(base + layout.backend_map.offset),
+                  layout.sizes.backend_capacity};
     return r;
 }
 
@@ -257,9 +267,9 @@ std::array<RegionSection, 3> cmd_sections(const CmdLayout& l) {
     return {l.cmd_producer, l.event_consumer, l.cmd_slots};
 }
 
-std::array<RegionSection, 8> state_sections(const StateLayout& l) {
-    return {l.service_map,  l.cmd_consumer, l.event_producer, l.event_slots,
-            l.worker_stats, l.grant_table,  l.revoked_set,    l.service_tables};
+std::array<RegionSection, 9> state_sections(const StateLayout& l) {
+    return {l.service_map,  l.cmd_consumer, l.event_producer, l.event_slots,   l.worker_stats,
+            l.grant_table,  l.revoked_set,  l.service_tables, l.backend_map};
 }
 static_assert(std::tuple_size_v<decltype(cmd_sections(CmdLayout{}))> ==
               static_cast<size_t>(CmdSection::count_));
@@ -297,6 +307,10 @@ std::string check_state_sizes(const StateSizes& s) {
     if (s.service_capacity == 0 || s.service_capacity > kMaxServiceCapacity) {
         return fmt::format("service_capacity {} is not in [1, {}]", s.service_capacity,
                            kMaxServiceCapacity);
+    }
+    if (s.backend_capacity > kMaxBackendCapacity) {
+        return fmt::format("backend_capacity {} is not in [0, {}]", s.backend_capacity,
+                           kMaxBackendCapacity);
     }
     if (s.worker_stats_lines > kMaxWorkerStatsLines) {
         return fmt::format("worker_stats_lines {} exceeds {}", s.worker_stats_lines,
@@ -350,6 +364,9 @@ StateLayout compute_state_layout(const StateSizes& sizes) {
     l.grant_table = cursor.take(sizes.grant_table_bytes, kPageSectionAlign);
     l.revoked_set = cursor.take(sizes.revoked_set_bytes, kPageSectionAlign);
     l.service_tables = cursor.take(sizes.service_tables_bytes, kPageSectionAlign);
+    // Last, so that adding it moved no other section.
+    l.backend_map =
+        cursor.take(uint64_t{sizes.backend_capacity} * sizeof(BackendMapEntry), kSectionAlign);
     l.total_bytes = align_up(cursor.end(), kPageSectionAlign);
     l.layout_hash = state_layout_hash(sizes.grant_format_hash);
     return l;
@@ -449,6 +466,7 @@ RegionStart start_state_region(std::span<uint8_t> file, const StateSizes& sizes,
         h.slot_bytes = kRingSlotBytes;
         h.worker_stats_lines = sizes.worker_stats_lines;
         h.service_capacity = sizes.service_capacity;
+        h.backend_capacity = sizes.backend_capacity;
     } else if (service_map_repair(region.services) != 0) {
         shared_store(h.service_map_generation, shared_load(h.service_map_generation) + 1);
     }
@@ -491,6 +509,7 @@ StateRegionView attach_state_region(std::span<const uint8_t> file, const std::st
     sizes.event_ring_slots = h.event_ring_slots;
     sizes.worker_stats_lines = h.worker_stats_lines;
     sizes.service_capacity = h.service_capacity;
+    sizes.backend_capacity = h.backend_capacity;
     std::string why = check_state_sizes(sizes);
     if (why.empty() && h.slot_bytes != kRingSlotBytes) {
         why = fmt::format("slot_bytes {}", h.slot_bytes);
@@ -509,14 +528,37 @@ StateRegionView attach_state_region(std::span<const uint8_t> file, const std::st
     return state_view(file, layout);
 }
 
-// --- the service map ----------------------------------------------------------------------
+// --- the seqlock of both maps ---------------------------------------------------------------
 
 namespace {
 
 constexpr int kSeqReadTries = 64;
 
+// One consistent copy of the N payload words after `seq`, or busy.
+template <size_t N>
+SeqRead seqlock_read(const uint64_t& seq, const uint64_t* payload, uint64_t (&words)[N]) noexcept {
+    for (int attempt = 0; attempt < kSeqReadTries; ++attempt) {
+        const uint64_t s1 = shared_load(seq);
+        if (s1 & 1) continue;
+        // acquire: a word of a newer write makes the writer's odd seq visible
+        // to the check below, and keeps that check after these loads.
+        for (size_t i = 0; i < N; ++i) words[i] = shared_load(payload[i]);
+        if (shared_load(seq, std::memory_order_relaxed) == s1) return SeqRead::ok;
+    }
+    return SeqRead::busy;
+}
+
+template <size_t N>
+void seqlock_write(uint64_t& seq, uint64_t* payload, const uint64_t (&words)[N]) noexcept {
+    const uint64_t s = shared_load(seq, std::memory_order_relaxed);
+    shared_store(seq, s + 1, std::memory_order_relaxed);
+    for (size_t i = 0; i < N; ++i) shared_store(payload[i], words[i]);  // release
+    shared_store(seq, s + 2);
+}
+
 // The payload words of an entry (after seq), as the seqlock moves them.
 constexpr size_t kEntryWords = sizeof(ServiceMapEntry) / 8 - 1;
+constexpr size_t kBackendEntryWords = sizeof(BackendMapEntry) / 8 - 1;
 
 void entry_to_words(const ServiceInfo& info, uint64_t (&words)[kEntryWords]) noexcept {
     ServiceMapEntry e{};
@@ -526,7 +568,13 @@ void entry_to_words(const ServiceInfo& info, uint64_t (&words)[kEntryWords]) noe
     std::memcpy(words, reinterpret_cast<const uint8_t*>(&e) + 8, sizeof words);
 }
 
+void bump(uint64_t& generation) noexcept {
+    shared_store(generation, shared_load(generation, std::memory_order_relaxed) + 1);
+}
+
 }  // namespace
+
+// --- the service map ----------------------------------------------------------------------
 
 std::string_view ServiceInfo::name_view() const noexcept {
     size_t n = 0;
@@ -535,22 +583,13 @@ std::string_view ServiceInfo::name_view() const noexcept {
 }
 
 SeqRead service_map_read(const ServiceMapEntry& entry, ServiceInfo& info) noexcept {
-    const uint64_t* payload = &entry.id_and_flags;
-    for (int attempt = 0; attempt < kSeqReadTries; ++attempt) {
-        const uint64_t s1 = shared_load(entry.seq);
-        if (s1 & 1) continue;
-        uint64_t words[kEntryWords];
-        // acquire: a word of a newer write makes the writer's odd seq visible
-        // to the check below, and keeps that check after these loads.
-        for (size_t i = 0; i < kEntryWords; ++i) words[i] = shared_load(payload[i]);
-        if (shared_load(entry.seq, std::memory_order_relaxed) != s1) continue;
-        info.service_id = static_cast<uint32_t>(words[0]);
-        std::memcpy(info.name.data(), &words[1], info.name.size());
-        info.name.back() = '\0';
-        info.generation = words[5];
-        return SeqRead::ok;
-    }
-    return SeqRead::busy;
+    uint64_t words[kEntryWords];
+    if (seqlock_read(entry.seq, &entry.id_and_flags, words) != SeqRead::ok) return SeqRead::busy;
+    info.service_id = static_cast<uint32_t>(words[0]);
+    std::memcpy(info.name.data(), &words[1], info.name.size());
+    info.name.back() = '\0';
+    info.generation = words[5];
+    return SeqRead::ok;
 }
 
 SeqRead service_map_find(std::span<const ServiceMapEntry> map, std::string_view name,
@@ -579,14 +618,8 @@ void service_map_write(StateRegion& region, uint32_t index, const ServiceInfo& i
     published.name.back() = '\0';
     uint64_t words[kEntryWords];
     entry_to_words(published, words);
-    const uint64_t s = shared_load(entry.seq, std::memory_order_relaxed);
-    shared_store(entry.seq, s + 1, std::memory_order_relaxed);
-    uint64_t* payload = &entry.id_and_flags;
-    for (size_t i = 0; i < kEntryWords; ++i) shared_store(payload[i], words[i]);  // release
-    shared_store(entry.seq, s + 2);
-    StateHeader& h = *region.header;
-    shared_store(h.service_map_generation,
-                 shared_load(h.service_map_generation, std::memory_order_relaxed) + 1);
+    seqlock_write(entry.seq, &entry.id_and_flags, words);
+    bump(region.header->service_map_generation);
 }
 
 uint32_t service_map_assign(StateRegion& region, std::string_view name) noexcept {
@@ -620,6 +653,61 @@ size_t service_map_repair(std::span<ServiceMapEntry> map) noexcept {
         ++repaired;
     }
     return repaired;
+}
+
+// --- the backend counter-slot map ---------------------------------------------------------
+
+std::string_view BackendSlotInfo::id_view() const noexcept {
+    size_t n = 0;
+    while (n < id.size() && id[n] != '\0') ++n;
+    return {id.data(), n};
+}
+
+SeqRead backend_map_read(const BackendMapEntry& entry, BackendSlotInfo& info) noexcept {
+    uint64_t words[kBackendEntryWords];
+    if (seqlock_read(entry.seq, &entry.service_and_family, words) != SeqRead::ok) return SeqRead::busy;
+    BackendMapEntry e{};
+    std::memcpy(reinterpret_cast<uint8_t*>(&e) + 8, words, sizeof words);
+    info.service_id = static_cast<uint32_t>(e.service_and_family);
+    const auto family = static_cast<uint8_t>(e.service_and_family >> 32);
+    info.address.version = family == 4 ? IpVersion::v4 : family == 6 ? IpVersion::v6 : IpVersion::none;
+    std::memcpy(info.address.bytes.data(), e.address, 16);
+    info.weight = static_cast<uint32_t>(e.weight);
+    info.baseline_packets = e.baseline_packets;
+    info.baseline_bytes = e.baseline_bytes;
+    std::memcpy(info.id.data(), e.id, info.id.size());
+    info.id.back() = '\0';
+    return SeqRead::ok;
+}
+
+void backend_map_write(StateRegion& region, uint32_t slot, const BackendSlotInfo& info) noexcept {
+    if (slot >= region.backends.size()) return;
+    BackendMapEntry e{};
+    if (info.service_id != 0) {
+        e.service_and_family = uint64_t{info.service_id} | uint64_t{static_cast<uint8_t>(info.address.version)} << 32;
+        e.baseline_packets = info.baseline_packets;
+        e.baseline_bytes = info.baseline_bytes;
+        std::memcpy(e.address, info.address.bytes.data(), 16);
+        e.weight = info.weight;
+        std::memcpy(e.id, info.id.data(), sizeof e.id);
+        reinterpret_cast<char*>(e.id)[sizeof e.id - 1] = '\0';
+    }
+    uint64_t words[kBackendEntryWords];
+    std::memcpy(words, reinterpret_cast<const uint8_t*>(&e) + 8, sizeof words);
+    BackendMapEntry& entry = region.backends[slot];
+    seqlock_write(entry.seq, &entry.service_and_family, words);
+    bump(region.header->backend_map_generation);
+}
+
+void backend_map_clear(StateRegion& region) noexcept {
+    const uint64_t zero[kBackendEntryWords] = {};
+    for (BackendMapEntry& entry : region.backends) {
+        // A crash may have left seq odd: make it even again.
+        const uint64_t seq = shared_load(entry.seq, std::memory_order_relaxed);
+        if (seq & 1) shared_store(entry.seq, seq + 1, std::memory_order_relaxed);
+        seqlock_write(entry.seq, &entry.service_and_family, zero);
+    }
+    bump(region.header->backend_map_generation);
 }
 
 }  // namespace jitlb

@@ -1,6 +1,6 @@
 // The layout of the two region files (docs/shared-region.md): their headers,
-// where each section lies, the layout hash that keeps builds apart, and the
-// service name -> id map. Writers lay their own file out (or re-use it after a
+// where each section lies, the layout hash that keeps builds apart, the
+// service name -> id map and the backend counter-slot map. Writers lay their own file out (or re-use it after a
 // restart) with start_*_region; readers check a peer's header and recompute
 // its layout with attach_*_region before reading anything else.
 //
@@ -17,6 +17,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "flow.h"
 #include "shared_atomic.h"
 #include "spsc_ring.h"
 
@@ -40,11 +41,15 @@ inline constexpr uint32_t kDefaultCmdRingSlots = 4096;    // x 256 B = 1 MiB
 inline constexpr uint32_t kDefaultEventRingSlots = 4096;  // x 256 B = 1 MiB
 inline constexpr uint32_t kDefaultWorkerStatsLines = 512;
 inline constexpr uint32_t kDefaultServiceCapacity = 1024;
+// Per-backend counter slots (docs/counters.md): one per backend of any service.
+inline constexpr uint32_t kDefaultBackendCapacity = 4096;
+inline constexpr uint32_t kMaxBackendCapacity = 65536;
+inline constexpr size_t kMaxBackendIdBytes = 63;  // messages.h kMaxBackendIdLen
 // Bounds that keep every sum far from overflow; headers beyond them are corrupt.
 inline constexpr uint64_t kMaxGrantTableBytes = uint64_t{64} << 30;
 inline constexpr uint64_t kMaxRevokedSetBytes = uint64_t{64} << 30;
 inline constexpr uint64_t kMaxServiceTablesBytes = uint64_t{16} << 30;
-inline constexpr uint32_t kMaxWorkerStatsLines = 1u << 20;
+inline constexpr uint32_t kMaxWorkerStatsLines = 1u << 21;
 
 bool valid_service_name(std::string_view name) noexcept;
 
@@ -93,6 +98,7 @@ enum class StateSection : uint32_t {
     grant_table,
     revoked_set,
     service_tables,
+    backend_map,
     count_
 };
 static_assert(static_cast<uint32_t>(StateSection::count_) <= kMaxRegionSections);
@@ -120,11 +126,13 @@ struct alignas(64) StateHeader {
     uint32_t worker_stats_lines;    // init
     uint32_t service_capacity;      // init
     uint64_t tsc_hz;                // every start, before epoch: TSC ticks per second
-    uint64_t reserved0;
+    uint32_t backend_capacity;      // init: backend counter slots (0: none)
+    uint32_t reserved0;
     // Own cache line: written every tick; workers never read it.
     alignas(64) uint64_t heartbeat_unix_ms;  // main lcore, release; readers acquire
     uint64_t service_map_generation;         // main lcore, release after each map change
-    uint64_t reserved1[6];
+    uint64_t backend_map_generation;         // main lcore, release after each backend map change
+    uint64_t reserved1[5];
     // Own cache line: workers read it every burst, the main lcore writes it rarely.
     alignas(64) uint64_t clock_offset_ticks;  // i64 as u64; release; workers acquire
     uint64_t reserved2[15];
@@ -139,8 +147,10 @@ static_assert(offsetof(StateHeader, slot_bytes) == 292);
 static_assert(offsetof(StateHeader, worker_stats_lines) == 296);
 static_assert(offsetof(StateHeader, service_capacity) == 300);
 static_assert(offsetof(StateHeader, tsc_hz) == 304);
+static_assert(offsetof(StateHeader, backend_capacity) == 312);
 static_assert(offsetof(StateHeader, heartbeat_unix_ms) == 320);
 static_assert(offsetof(StateHeader, service_map_generation) == 328);
+static_assert(offsetof(StateHeader, backend_map_generation) == 336);
 static_assert(offsetof(StateHeader, clock_offset_ticks) == 384);
 static_assert(kRegionHeaderBytes <= 512, "shared_file.h: kMinRegionFileBytes");
 
@@ -162,6 +172,32 @@ static_assert(offsetof(ServiceMapEntry, id_and_flags) == 8);
 static_assert(offsetof(ServiceMapEntry, name) == 16);
 static_assert(offsetof(ServiceMapEntry, generation) == 48);
 
+// One per-backend counter slot: which backend of which service the slot's
+// counters (in every worker's stats block) count now. The main lcore assigns a
+// slot when a backend_set brings a backend, keeps it while the backend stays
+// (by id), frees it when the backend or its service goes, and hands it out
+// again only once no worker can still count into it (service snapshot
+// quiescence). The counters of a slot are never reset (each worker's block has
+// one writer, the worker): a slot records the sum of its counters when it was
+// assigned, and readers subtract that baseline. Same seqlock as ServiceMapEntry.
+struct alignas(64) BackendMapEntry {
+    uint64_t seq;                 // even: stable; odd: being written
+    uint64_t service_and_family;  // service id (low 32 bits, 0 = free slot), IpVersion (bits 32..39)
+    uint64_t baseline_packets;    // the slot's packets, summed over the blocks, when assigned
+    uint64_t baseline_bytes;
+    uint64_t address[2];          // 16 bytes in memory order (IPv4: the first 4)
+    uint64_t weight;              // the backend's weight (0: draining)
+    uint64_t reserved;
+    uint64_t id[8];               // the backend id, 64 bytes NUL-padded (1..63 bytes)
+};
+static_assert(sizeof(BackendMapEntry) == 128);
+static_assert(offsetof(BackendMapEntry, service_and_family) == 8);
+static_assert(offsetof(BackendMapEntry, baseline_packets) == 16);
+static_assert(offsetof(BackendMapEntry, baseline_bytes) == 24);
+static_assert(offsetof(BackendMapEntry, address) == 32);
+static_assert(offsetof(BackendMapEntry, weight) == 48);
+static_assert(offsetof(BackendMapEntry, id) == 64);
+
 // --- sizes and layouts ------------------------------------------------------
 
 struct CmdSizes {
@@ -177,6 +213,7 @@ struct StateSizes {
     uint32_t event_ring_slots = kDefaultEventRingSlots;
     uint32_t worker_stats_lines = kDefaultWorkerStatsLines;
     uint32_t service_capacity = kDefaultServiceCapacity;
+    uint32_t backend_capacity = kDefaultBackendCapacity;
     friend bool operator==(const StateSizes&, const StateSizes&) = default;
 };
 
@@ -202,6 +239,7 @@ struct StateLayout {
     RegionSection grant_table;     // 4096-aligned
     RegionSection revoked_set;     // 4096-aligned
     RegionSection service_tables;  // 4096-aligned
+    RegionSection backend_map;     // backend_capacity x BackendMapEntry
     uint64_t total_bytes = 0;      // a multiple of 4096
     uint64_t layout_hash = 0;
     friend bool operator==(const StateLayout&, const StateLayout&) = default;
@@ -255,6 +293,8 @@ struct BasicStateRegion {
     std::span<Byte> grant_table;
     std::span<Byte> revoked_set;
     std::span<Byte> service_tables;
+    std::span<std::conditional_t<std::is_const_v<Byte>, const BackendMapEntry, BackendMapEntry>>
+        backends;
 };
 using StateRegion = BasicStateRegion<uint8_t>;
 using StateRegionView = BasicStateRegion<const uint8_t>;
@@ -310,6 +350,9 @@ inline int64_t read_clock_offset(const StateHeader& header) noexcept {
 inline uint64_t read_service_map_generation(const StateHeader& header) noexcept {
     return shared_load(header.service_map_generation);
 }
+inline uint64_t read_backend_map_generation(const StateHeader& header) noexcept {
+    return shared_load(header.backend_map_generation);
+}
 uint64_t unix_now_ms() noexcept;
 
 // --- the service name -> id map ---------------------------------------------------
@@ -339,5 +382,25 @@ uint32_t service_map_assign(StateRegion& region, std::string_view name) noexcept
 // Writer: after a restart, entries a crash left odd are cleared and made even.
 // Returns how many.
 size_t service_map_repair(std::span<ServiceMapEntry> map) noexcept;
+
+// --- the backend counter-slot map --------------------------------------------------
+
+struct BackendSlotInfo {
+    uint32_t service_id = 0;  // 0: the slot is free
+    IpAddress address;
+    uint32_t weight = 0;
+    uint64_t baseline_packets = 0;
+    uint64_t baseline_bytes = 0;
+    std::array<char, 64> id{};  // NUL-padded
+    std::string_view id_view() const noexcept;
+};
+
+// Reader: one consistent copy of a slot's entry, or busy.
+SeqRead backend_map_read(const BackendMapEntry& entry, BackendSlotInfo& info) noexcept;
+// Writer (the main lcore only): publishes `info` into slot `slot` (service_id
+// 0 frees it) and bumps the header's backend_map_generation.
+void backend_map_write(StateRegion& region, uint32_t slot, const BackendSlotInfo& info) noexcept;
+// Writer, at start: every slot free (no backend is applied yet).
+void backend_map_clear(StateRegion& region) noexcept;
 
 }  // namespace jitlb

@@ -34,9 +34,10 @@ ordered_json read_stats(const std::string& path, const std::string& owner) {
     const SharedFile file = SharedFile::open_peer_readonly(path, owner_uid(owner));
     const StateRegionView view = attach_state_region(file.bytes(), path, GrantTable::format_hash());
     const uint32_t capacity = view.header->service_capacity;
+    const lb::StatsBlockShape shape = lb::StatsBlockShape::of(*view.header);
     WorkerCounters total{};
     std::vector<ServiceCounters> services(size_t{capacity} + 1);
-    lb::sum_stats_blocks(view.worker_stats, capacity, total, services);
+    lb::sum_stats_blocks(view.worker_stats, shape, total, services);
     ordered_json j;
     ordered_json counters = ordered_json::object(), drops = ordered_json::object();
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i) {
@@ -47,17 +48,30 @@ ordered_json read_stats(const std::string& path, const std::string& owner) {
         drops[fmt::format("parse_{}", drop_reason_name(static_cast<DropReason>(i)))] = total.parse_drops[i];
     }
     ordered_json per_service = ordered_json::object();
+    std::vector<std::string> names(size_t{capacity} + 1);
     for (const ServiceMapEntry& e : view.services) {
         ServiceInfo info;
         if (service_map_read(e, info) != SeqRead::ok || info.service_id == 0 || info.service_id > capacity) continue;
-        per_service[std::string(info.name_view())] = {{"id", info.service_id},
-                                                      {"packets", services[info.service_id].packets},
-                                                      {"bytes", services[info.service_id].bytes}};
+        names[info.service_id] = std::string(info.name_view());
+        per_service[names[info.service_id]] = {{"id", info.service_id},
+                                               {"packets", services[info.service_id].packets},
+                                               {"bytes", services[info.service_id].bytes}};
+    }
+    // Per backend, grouped by service name ("" for an id the map no longer names).
+    ordered_json per_backend = ordered_json::object();
+    for (const lb::BackendReport& r : lb::read_backend_counters(view.backends, view.worker_stats, shape)) {
+        const std::string& service = r.info.service_id <= capacity ? names[r.info.service_id] : names[0];
+        per_backend[service][std::string(r.info.id_view())] = {{"address", r.address_text()},
+                                                               {"weight", r.info.weight},
+                                                               {"slot", r.slot},
+                                                               {"packets", r.packets},
+                                                               {"bytes", r.bytes}};
     }
     j["counters"] = counters;
     j["cycles_per_packet"] = lb::cycles_per_packet(total);
     j["drops"] = drops;
     j["services"] = per_service;
+    j["backends"] = per_backend;
     const uint64_t beat = read_heartbeat(*view.header);
     j["heartbeat_age_ms"] = beat ? static_cast<int64_t>(unix_now_ms() - beat) : -1;
     return j;
@@ -82,6 +96,15 @@ int run_stats(const std::string& path, const std::string& owner, bool watch, int
         fmt::print("services:\n");
         for (auto& [k, v] : s["services"].items()) {
             fmt::print("  {:24} {} packets, {} bytes\n", k, v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>());
+        }
+        fmt::print("backends:\n");
+        for (auto& [service, backends] : s["backends"].items()) {
+            fmt::print("  {}\n", service);
+            for (auto& [id, v] : backends.items()) {
+                const uint64_t weight = v["weight"].get<uint64_t>();
+                fmt::print("    {:22} {:39} {} packets, {} bytes{}\n", id, v["address"].get<std::string>(),
+                           v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>(), weight == 0 ? " (draining)" : "");
+            }
         }
         return 0;
     }

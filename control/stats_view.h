@@ -1,6 +1,7 @@
 // `jitctl stats`: jitlb's counters read straight from its state file (no call
 // to jitd, so it works while jitd is down): totals over every lcore's block,
-// drops by reason, per-service packets and bytes, and with --watch the rates.
+// drops by reason, per-service and per-backend packets and bytes, and with
+// --watch the rates.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,8 @@ namespace jitlb::control {
 
 // A snapshot of the counters of the state file at `path`, owned by `owner`
 // (a user name or a uid): {"counters": {...}, "drops": {...}, "services": {...},
-// "heartbeat_age_ms": N}. Throws RegionError or std::runtime_error.
+// "backends": {service: {backend id: {...}}}, "heartbeat_age_ms": N}. Throws
+// RegionError or std::runtime_error.
 nlohmann::ordered_json read_stats(const std::string& path, const std::string& owner);
 
 // Prints one snapshot, or with `watch` one line of rates per second (`count`

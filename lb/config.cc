@@ -19,6 +19,7 @@
 #include <toml++/toml.h>
 
 #include "shared_file.h"
+#include "shared_layout.h"
 #include "toml_keys.h"
 
 namespace jitlb::lb {
@@ -652,7 +653,7 @@ void read_flows(const Section& section, NodeConfig& config) {
 }
 
 void read_region(const Section& section, NodeConfig& config) {
-    section.allow_only({"dir", "cmd_dir", "cmd_owner", "service_capacity"});
+    section.allow_only({"dir", "cmd_dir", "cmd_owner", "service_capacity", "backend_capacity"});
     // "" (as absent): detect.
     for (const std::string_view key : {"dir", "cmd_dir"}) {
         const std::optional<std::string> dir = section.string(key);
@@ -669,6 +670,9 @@ void read_region(const Section& section, NodeConfig& config) {
     if (const auto v =
             section.integer("service_capacity", 1, kGrantTableMaxServiceId, "services")) {
         config.service_capacity = static_cast<uint32_t>(*v);
+    }
+    if (const auto v = section.integer("backend_capacity", 0, kMaxBackendCapacity, "backends")) {
+        config.backend_capacity = static_cast<uint32_t>(*v);
     }
 }
 
@@ -788,9 +792,10 @@ std::string describe(const NodeConfig& config) {
         return dir.empty() ? std::string("detected") : dir;
     };
     out +=
-        fmt::format("instance {}: state dir {}, cmd dir {} (cmd file owned by {}), {} services\n",
+        fmt::format("instance {}: state dir {}, cmd dir {} (cmd file owned by {}), {} services, "
+                    "{} backend counter slots\n",
                     config.instance, or_detect(config.region_dir), or_detect(config.cmd_dir),
-                    config.cmd_file_owner, config.service_capacity);
+                    config.cmd_file_owner, config.service_capacity, config.backend_capacity);
     std::vector<std::string> addresses;
     for (const IpAddress& address : config.addresses) addresses.push_back(format_address(address));
     out += fmt::format("addresses {}\n", join(addresses));

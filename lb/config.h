@@ -75,6 +75,7 @@ struct NodeConfig {
     std::string cmd_dir;                  // where jitd creates the command file jitlb reads
     std::string cmd_file_owner = "jitd";  // the user that must own the cmd file
     uint32_t service_capacity = 1024;     // services in the state file, 1..65535
+    uint32_t backend_capacity = 4096;     // per-backend counter slots, 0..65536 (0: none)
 
     std::vector<IpAddress> addresses;  // the node's own addresses, at least one, unique
     std::vector<PortConfig> ports;     // at least one

@@ -187,6 +187,7 @@ ControlLoop::ControlLoop(const ControlConfig& config, ServiceTable& services, Cl
     sizes.event_ring_slots = config_.event_ring_slots;
     sizes.worker_stats_lines = config_.worker_stats_lines;
     sizes.service_capacity = config_.service_capacity;
+    sizes.backend_capacity = config_.backend_capacity;
     if (std::string problem = check_state_sizes(sizes); !problem.empty())
         throw ControlLoopError("jitlb configuration: " + problem);
     const StateLayout layout = compute_state_layout(sizes);
@@ -200,6 +201,13 @@ ControlLoop::ControlLoop(const ControlConfig& config, ServiceTable& services, Cl
     start_.region = start_state_region(state_file_.mutable_bytes(), sizes, new_region_epoch(),
                                        config_.ticks_per_second, region_);
     start_grant_table(table_config);
+    // Counters are totals since this start; slots are assigned anew as
+    // backend_sets arrive (none is applied yet), each from a zero baseline.
+    std::memset(region_.worker_stats.data(), 0, region_.worker_stats.size());
+    backend_map_clear(region_);
+    backend_map_ = std::make_shared<BackendMapWriter>(
+        region_, StatsBlockShape{config_.service_capacity, config_.backend_capacity});
+    services_.set_backend_sink(backend_map_);
     events_ = RingProducer(region_.event_slots, kRingSlotBytes, region_.event_producer, nullptr);
     backlog_.resize(config_.backlog_capacity);
     service_grants_until_ms_.assign(size_t{config_.service_capacity} + 1, 0);
@@ -806,6 +814,29 @@ void ControlLoop::reload_keys_now(uint64_t command_sequence, TickReport& report)
                       static_cast<uint32_t>(ended)},
          report);
 }
+
+// --- the backend map -------------------------------------------------------------------------
+
+void BackendMapWriter::slot_assigned(uint32_t slot, uint16_t service_id, const BackendInfo& backend, bool fresh) {
+    BackendSlotInfo info;
+    if (!fresh && backend_map_read(region_.backends[slot], info) != SeqRead::ok) return;  // ours: never busy
+    if (fresh) {
+        // No worker counts into a slot being assigned (it was free, or
+        // recycled after quiescence): its sum is final until the snapshot
+        // naming the new backend is published, after this.
+        const BackendCounters base = sum_backend_slot(region_.worker_stats, shape_, slot);
+        info.baseline_packets = base.packets;
+        info.baseline_bytes = base.bytes;
+    }
+    info.service_id = service_id;
+    info.address = backend.address;
+    info.weight = backend.weight;
+    info.id = {};
+    std::memcpy(info.id.data(), backend.id.data(), std::min(backend.id.size(), kMaxBackendIdBytes));
+    backend_map_write(region_, slot, info);
+}
+
+void BackendMapWriter::slot_freed(uint32_t slot) { backend_map_write(region_, slot, BackendSlotInfo{}); }
 
 // --- the service map -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "counters.h"
 #include "grant.h"
 #include "grant_table.h"
 #include "issuer_keys.h"
@@ -67,6 +68,7 @@ struct ControlConfig {
     uint32_t expiry_events_per_tick = 1024;  // GrantExpired events posted per tick at most
     uint64_t ticks_per_second = 1000;        // the data plane's timebase (TSC hz; tests 1000)
     uint32_t service_capacity = kDefaultServiceCapacity;  // ids 1..capacity
+    uint32_t backend_capacity = kDefaultBackendCapacity;  // per-backend counter slots
     uint32_t event_ring_slots = kDefaultEventRingSlots;
     uint32_t worker_stats_lines = kDefaultWorkerStatsLines;
     mode_t state_mode = 0640;
@@ -154,6 +156,20 @@ struct ControlStart {
     size_t service_ids_reserved = 0;  // ids of deleted services whose grants still live
 };
 
+// The state file's backend map, kept up to date by the service table (its
+// BackendSlotSink): each counter slot named with its backend, and with the
+// baseline its counters summed to over the stats blocks when it was assigned.
+class BackendMapWriter final : public BackendSlotSink {
+  public:
+    BackendMapWriter(StateRegion& region, StatsBlockShape shape) : region_(region), shape_(shape) {}
+    void slot_assigned(uint32_t slot, uint16_t service_id, const BackendInfo& backend, bool fresh) override;
+    void slot_freed(uint32_t slot) override;
+
+  private:
+    StateRegion& region_;
+    StatsBlockShape shape_;
+};
+
 class ControlLoop {
   public:
     // Creates or re-opens jitlb's own state file and the grant table in it.
@@ -163,8 +179,9 @@ class ControlLoop {
     // is kept (odd entries repaired), the command ring's consumer index is
     // kept. The services themselves are not: jitd sees the state file's new
     // epoch and re-sends every ServiceSet and BackendSet, which find their
-    // old ids in the map. Throws ControlLoopError or RegionError; nothing is
-    // returned half-started.
+    // old ids in the map. The stats lines start at zero and the backend map
+    // empty; from then on it names the counter slots `services` assigns.
+    // Throws ControlLoopError or RegionError; nothing is returned half-started.
     static std::unique_ptr<ControlLoop> open(const ControlConfig& config, ServiceTable& services,
                                              Clock& clock);
 
@@ -278,6 +295,7 @@ class ControlLoop {
     SharedFile state_file_;
     StateRegion region_;
     std::optional<GrantTableWriter> writer_;
+    std::shared_ptr<BackendMapWriter> backend_map_;  // services_ holds a weak reference
     TrustedIssuers issuers_;
     VerifyPolicy policy_;
     RingProducer events_;

@@ -384,6 +384,7 @@ ControlConfig control_config_from(const NodeConfig& config, const GrantTableMacK
     cc.verify_per_tick = config.verify_per_tick;
     cc.ticks_per_second = tsc_hz;
     cc.service_capacity = config.service_capacity;
+    cc.backend_capacity = config.backend_capacity;
     return cc;
 }
 
@@ -409,10 +410,20 @@ int telemetry_stats(const char*, const char*, rte_tel_data* d) {
 }
 
 
+// A telemetry dict key: DPDK takes only [A-Za-z0-9_/] (others make the add
+// fail), so any other character becomes '_'; the values carry the exact names.
+std::string telemetry_key(std::string_view name) {
+    std::string key(name);
+    for (char& c : key)
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '/'))
+            c = '_';
+    return key;
+}
+
 // /jitlb/services: forwarded packets and bytes per service, summed over the
 // workers, named from the state file's service map (read as jitctl reads it:
 // the telemetry thread never touches the main lcore's tables).
-const StateRegion* g_state = nullptr;  // for /jitlb/services, while g_counters_mapped
+const StateRegion* g_state = nullptr;  // for /jitlb/services and /jitlb/backends, while g_counters_mapped
 
 int telemetry_services(const char*, const char*, rte_tel_data* d) {
     rte_tel_data_start_dict(d);
@@ -420,7 +431,7 @@ int telemetry_services(const char*, const char*, rte_tel_data* d) {
     const uint32_t capacity = g_state->header->service_capacity;
     WorkerCounters total{};
     std::vector<ServiceCounters> per_service(size_t{capacity} + 1);
-    sum_stats_blocks(g_state->worker_stats, capacity, total, per_service);
+    sum_stats_blocks(g_state->worker_stats, StatsBlockShape::of(*g_state->header), total, per_service);
     for (const ServiceMapEntry& e : g_state->services) {
         ServiceInfo info;
         if (service_map_read(e, info) != SeqRead::ok || info.service_id == 0 || info.service_id > capacity) continue;
@@ -428,10 +439,60 @@ int telemetry_services(const char*, const char*, rte_tel_data* d) {
         rte_tel_data* one = rte_tel_data_alloc();
         if (one == nullptr) return -ENOMEM;
         rte_tel_data_start_dict(one);
+        rte_tel_data_add_dict_string(one, "name", std::string(info.name_view()).c_str());
         rte_tel_data_add_dict_u64(one, "id", info.service_id);
         rte_tel_data_add_dict_u64(one, "packets", packets);
         rte_tel_data_add_dict_u64(one, "bytes", bytes);
-        rte_tel_data_add_dict_container(d, std::string(info.name_view()).c_str(), one, 0);
+        if (rte_tel_data_add_dict_container(d, telemetry_key(info.name_view()).c_str(), one, 0) != 0) {
+            rte_tel_data_free(one);  // the dict is full (256): what fits is answered
+            break;
+        }
+    }
+    return 0;
+}
+
+// The service names of the state file's map, by id (readers' view: seqlock).
+std::vector<std::string> service_names(std::span<const ServiceMapEntry> map) {
+    std::vector<std::string> names(map.size() + 1);
+    for (const ServiceMapEntry& e : map) {
+        ServiceInfo info;
+        if (service_map_read(e, info) == SeqRead::ok && info.service_id != 0 && info.service_id <= map.size())
+            names[info.service_id] = std::string(info.name_view());
+    }
+    return names;
+}
+
+// /jitlb/backends[,SERVICE]: forwarded packets and bytes per backend, summed
+// over the workers, named from the state file's backend and service maps.
+// Telemetry nests one level and a dict holds at most 256 entries, so the
+// answer is flat, keyed "service/backend" (telemetry_key); a service name as
+// parameter limits it to that service's backends.
+int telemetry_backends(const char*, const char* params, rte_tel_data* d) {
+    rte_tel_data_start_dict(d);
+    if (!g_counters_mapped.load(std::memory_order_acquire)) return 0;
+    const std::string_view only = params != nullptr ? params : "";
+    const std::span<const ServiceMapEntry> map(g_state->services.data(), g_state->services.size());
+    const std::vector<std::string> names = service_names(map);
+    const std::span<const BackendMapEntry> backends(g_state->backends.data(), g_state->backends.size());
+    for (const BackendReport& r : read_backend_counters(backends, g_state->worker_stats,
+                                                         StatsBlockShape::of(*g_state->header))) {
+        const std::string& service = r.info.service_id < names.size() ? names[r.info.service_id] : names[0];
+        if (!only.empty() && service != only) continue;
+        rte_tel_data* one = rte_tel_data_alloc();
+        if (one == nullptr) return -ENOMEM;
+        rte_tel_data_start_dict(one);
+        rte_tel_data_add_dict_string(one, "service", service.c_str());
+        rte_tel_data_add_dict_string(one, "backend", std::string(r.info.id_view()).c_str());
+        rte_tel_data_add_dict_string(one, "address", r.address_text().c_str());
+        rte_tel_data_add_dict_u64(one, "weight", r.info.weight);
+        rte_tel_data_add_dict_u64(one, "slot", r.slot);
+        rte_tel_data_add_dict_u64(one, "packets", r.packets);
+        rte_tel_data_add_dict_u64(one, "bytes", r.bytes);
+        const std::string key = telemetry_key(fmt::format("{}/{}", service, r.info.id_view()));
+        if (rte_tel_data_add_dict_container(d, key.c_str(), one, 0) != 0) {
+            rte_tel_data_free(one);  // the dict is full (256): what fits is answered
+            break;
+        }
     }
     return 0;
 }
@@ -482,8 +543,41 @@ void publish_control_counters(const ControlLoop& control, WorkerCounters& c) noe
 }
 
 
+// A JSON string's content: backend ids may hold '"' and '\\' (0x21..0x7e).
+std::string json_escape(std::string_view text) {
+    std::string out;
+    for (const char c : text) {
+        if (c == '"' || c == '\\') out += '\\';
+        out += c;
+    }
+    return out;
+}
+
+// "backends": {"service": {"backend id": {"address", "weight", "slot", "packets", "bytes"}}}:
+// every backend the state file's backend map names, grouped by service.
+std::string backends_json(ControlLoop& control) {
+    const StateRegion& state = control.state();
+    const std::span<const ServiceMapEntry> map(state.services.data(), state.services.size());
+    const std::vector<std::string> names = service_names(map);
+    const std::span<const BackendMapEntry> backends(state.backends.data(), state.backends.size());
+    std::string s = "{";
+    uint32_t open_service = 0;
+    for (const BackendReport& r : read_backend_counters(backends, state.worker_stats, StatsBlockShape::of(*state.header))) {
+        if (r.info.service_id != open_service) {
+            const std::string& name = r.info.service_id < names.size() ? names[r.info.service_id] : names[0];
+            s += fmt::format("{}\"{}\": {{", open_service != 0 ? "}, " : "", name);
+            open_service = r.info.service_id;
+        } else {
+            s += ", ";
+        }
+        s += fmt::format("\"{}\": {{\"address\": \"{}\", \"weight\": {}, \"slot\": {}, \"packets\": {}, \"bytes\": {}}}",
+                         json_escape(r.info.id_view()), r.address_text(), r.info.weight, r.slot, r.packets, r.bytes);
+    }
+    return s + (open_service != 0 ? "}}" : "}");
+}
+
 std::string counters_json(const WorkerCounters& total, const std::vector<ServiceCounters>& services,
-                          const ControlLoop& control) {
+                          ControlLoop& control) {
     std::string s = "{";
     for (size_t i = 0; i < static_cast<size_t>(Counter::count_); ++i)
         s += fmt::format("{}\"{}\": {}", i ? ", " : "", counter_name(static_cast<Counter>(i)), total.by_counter[i]);
@@ -504,7 +598,7 @@ std::string counters_json(const WorkerCounters& total, const std::vector<Service
                          control.service_name(static_cast<uint32_t>(id)), id, services[id].packets, services[id].bytes);
         first = false;
     }
-    return s + "}}";
+    return s + "}, \"backends\": " + backends_json(control) + "}";
 }
 
 
@@ -620,12 +714,14 @@ int main(int argc, char** argv) {
                          ports[i].config.name.c_str(), first.name.c_str());
 
     // The state file, grant table, services and the control loop.
-    ServiceTable services;
+    ServiceTable services(config.backend_capacity);
     TscClock clock(clock_shift_ms);
     ControlConfig cc = control_config_from(config, mac_key, rte_get_tsc_hz());
     // Stats lines: one block per worker and one for the main lcore, each its
-    // WorkerCounters then ServiceCounters for ids 0..service_capacity.
-    const size_t block_bytes = stats_block_bytes(config.service_capacity);
+    // WorkerCounters, ServiceCounters for ids 0..service_capacity, then
+    // BackendCounters for slots 0..backend_capacity-1.
+    const StatsBlockShape shape{config.service_capacity, config.backend_capacity};
+    const size_t block_bytes = shape.block_bytes();
     // Room for kMaxWorkers whatever -l says today: the state file's layout (and
     // so its grants) must survive a restart with another number of workers.
     if (n_workers > kMaxWorkers) die(fmt::format("{} workers: at most {} are supported", n_workers, kMaxWorkers));
@@ -687,8 +783,12 @@ int main(int argc, char** argv) {
         ctx->rss_seed = config.flow_hash_seed ^ kSoftwareRssSeedTweak;
         uint8_t* block = state.worker_stats.data() + w * block_bytes;
         ctx->counters = new (block) WorkerCounters{};
-        ctx->per_service = {new (block + sizeof(WorkerCounters)) ServiceCounters[config.service_capacity + 1]{},
+        ctx->per_service = {new (block + shape.services_offset()) ServiceCounters[config.service_capacity + 1]{},
                             config.service_capacity + 1};
+        // Already zero (ControlLoop::open), and no packet has been forwarded:
+        // the baselines of slots assigned while staging stay true.
+        ctx->per_backend = {new (block + shape.backends_offset()) BackendCounters[config.backend_capacity]{},
+                            config.backend_capacity};
         NodeIdentity node;
         node.mac = ports[0].mac;
         node.next_hop_macs = &next_hop_macs;
@@ -702,7 +802,8 @@ int main(int argc, char** argv) {
         node.ticks_per_second = rte_get_tsc_hz();
         if (has_exception) node.exception_allow = exception_mask(config.exception_allow);
         ConnTableConfig conn{config.conn_table_capacity, config.conn_idle_timeout_ms, config.conn_closed_timeout_ms};
-        ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters, ctx->per_service);
+        ctx->pipeline = std::make_unique<Pipeline>(node, conn, control->grants(), *ctx->counters, ctx->per_service,
+                                                   ctx->per_backend);
         ctx->services = &services;
         ctx->quiescence = &quiescence;
         ctx->state_header = state.header;
@@ -749,6 +850,10 @@ int main(int argc, char** argv) {
     if (rte_telemetry_register_cmd("/jitlb/services", telemetry_services,
                                    "forwarded packets and bytes per service, summed over workers. No parameters") != 0)
         std::fprintf(stderr, "jitlb: telemetry command /jitlb/services not registered\n");
+    if (rte_telemetry_register_cmd("/jitlb/backends", telemetry_backends,
+                                   "forwarded packets and bytes per backend, summed over workers, keyed "
+                                   "service/backend. Parameters: a service name (optional)") != 0)
+        std::fprintf(stderr, "jitlb: telemetry command /jitlb/backends not registered\n");
 
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t started = rte_rdtsc();

@@ -427,12 +427,14 @@ bool echo_reply(PacketBuf& pkt, const ParsedPacket& p, const MacAddress& mac) no
 // --- the pipeline -----------------------------------------------------------
 
 Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
-                   WorkerCounters& counters, std::span<ServiceCounters> per_service)
+                   WorkerCounters& counters, std::span<ServiceCounters> per_service,
+                   std::span<BackendCounters> per_backend)
     : node_(node),
       conns_(conn, node.ticks_per_second),
       grants_(grants),
       counters_(counters),
       per_service_(per_service),
+      per_backend_(per_backend),
       reset_shift_(reset_shift_for(node.ticks_per_second)),
       reset_interval_(static_cast<uint32_t>(
           std::max<uint64_t>(1, (kResetIntervalMs * node.ticks_per_second / 1000) >> reset_shift_))),
@@ -828,6 +830,12 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                 if (svc.id < per_service_.size()) {
                     ++per_service_[svc.id].packets;
                     per_service_[svc.id].bytes += received_len;
+                }
+                // The backend's slot rides in its BackendInfo, already loaded
+                // for the forwarder: one compare, two adds on our own lines.
+                if (const uint32_t slot = job.backend.counter_slot; slot < per_backend_.size()) {
+                    ++per_backend_[slot].packets;
+                    per_backend_[slot].bytes += received_len;
                 }
                 actions[i] = Action::transmit;
                 break;

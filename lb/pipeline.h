@@ -169,9 +169,12 @@ inline constexpr size_t kMaxDenialSamplesPerBurst = 8;
 class Pipeline {
   public:
     // `per_service`: this worker's ServiceCounters by service id (ids beyond
-    // its size are not counted per service).
+    // its size are not counted per service); `per_backend`: its
+    // BackendCounters by counter slot (BackendInfo::counter_slot; slots beyond
+    // its size, kNoCounterSlot included, are not counted per backend).
     Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantTableReader grants,
-             WorkerCounters& counters, std::span<ServiceCounters> per_service = {});
+             WorkerCounters& counters, std::span<ServiceCounters> per_service = {},
+             std::span<BackendCounters> per_backend = {});
 
     // Processes up to kBurst packets with one service snapshot and one clock
     // reading. actions[i] says what to do with pkts[i] (rewritten in place).
@@ -208,6 +211,7 @@ class Pipeline {
     GrantTableReader grants_;
     WorkerCounters& counters_;
     std::span<ServiceCounters> per_service_;
+    std::span<BackendCounters> per_backend_;
     void sample_denial(DenialReason reason, const ParsedPacket& p, uint16_t service_id, uint64_t now) noexcept;
 
     // Per-flow reset times are kept in 32 bits of about a millisecond (ticks >>

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -152,7 +153,7 @@ uint64_t Quiescence::oldest_in_use() const noexcept {
     return oldest;
 }
 
-ServiceTable::ServiceTable() { publish({}); }
+ServiceTable::ServiceTable(uint32_t backend_slots) : slots_(backend_slots) { publish({}); }
 
 ServiceTable::~ServiceTable() = default;
 
@@ -253,10 +254,36 @@ ServiceApplyResult ServiceTable::apply(const BackendSet& set) {
     next->generation = old->generation + 1;
     if (std::string err = build_maglev(*next, table_sizes_[old->id]); !err.empty())
         return failure(CommandRejectReason::invalid_service, fmt::format("backends of {}: {}", set.service, err));
-    std::vector<std::shared_ptr<const Service>> by_id = owned_current_->by_id_;
     const uint16_t id = old->id;
+    // Counter slots, now that nothing can fail: a backend that stays keeps
+    // its slot; a new one takes one, named before the snapshot goes out so
+    // that its first packet counts after its baseline.
+    const std::shared_ptr<BackendSlotSink> sink = sink_.lock();
+    std::unordered_map<std::string_view, const BackendInfo*> before;
+    for (const BackendInfo& b : old->backends) before.emplace(b.id, &b);
+    for (BackendInfo& b : next->backends) {
+        const auto it = before.find(b.id);
+        const BackendInfo* kept = it == before.end() ? nullptr : it->second;
+        if (kept != nullptr) before.erase(it);
+        if (kept != nullptr && kept->counter_slot != kNoCounterSlot) {
+            b.counter_slot = kept->counter_slot;
+            if (sink && (kept->address != b.address || kept->weight != b.weight))
+                sink->slot_assigned(b.counter_slot, id, b, false);
+            continue;
+        }
+        b.counter_slot = slots_.take();
+        if (b.counter_slot == kNoCounterSlot) ++uncounted_backends_;
+        else if (sink) sink->slot_assigned(b.counter_slot, id, b, true);
+    }
+    std::vector<std::shared_ptr<const Service>> by_id = owned_current_->by_id_;
     by_id[id] = std::move(next);
     publish(std::move(by_id));
+    // The backends that left: their slots retire with this snapshot.
+    for (const auto& [name, b] : before) {
+        if (b->counter_slot == kNoCounterSlot) continue;
+        slots_.retire(b->counter_slot, generation_);
+        if (sink) sink->slot_freed(b->counter_slot);
+    }
     ServiceApplyResult r;
     r.ok = true;
     r.service_id = id;
@@ -269,10 +296,17 @@ ServiceApplyResult ServiceTable::remove(std::string_view name) {
     if (old == nullptr)
         return failure(CommandRejectReason::unknown_service, fmt::format("no service named {}", name));
     const uint16_t id = old->id;
+    const std::shared_ptr<const Service> gone = owned_current_->by_id_[id];  // `old` lives on in it
     std::vector<std::shared_ptr<const Service>> by_id = owned_current_->by_id_;
     by_id[id].reset();
     table_sizes_.erase(id);
     publish(std::move(by_id));
+    const std::shared_ptr<BackendSlotSink> sink = sink_.lock();
+    for (const BackendInfo& b : gone->backends) {
+        if (b.counter_slot == kNoCounterSlot) continue;
+        slots_.retire(b.counter_slot, generation_);
+        if (sink) sink->slot_freed(b.counter_slot);
+    }
     ServiceApplyResult r;
     r.ok = true;
     r.service_id = id;
@@ -320,11 +354,23 @@ void ServiceTable::publish(std::vector<std::shared_ptr<const Service>> by_id) {
     owned_current_ = std::move(snap);
 }
 
+void ServiceTable::set_backend_sink(std::weak_ptr<BackendSlotSink> sink_ref) {
+    sink_ = std::move(sink_ref);
+    const std::shared_ptr<BackendSlotSink> sink = sink_.lock();
+    if (!sink) return;
+    for (const auto& s : owned_current_->by_id_) {
+        if (!s) continue;
+        for (const BackendInfo& b : s->backends)
+            if (b.counter_slot != kNoCounterSlot) sink->slot_assigned(b.counter_slot, s->id, b, true);
+    }
+}
+
 size_t ServiceTable::reclaim(const Quiescence& quiescence) {
     // A worker that announced generation g loaded snapshot g after it was
     // published, so it holds nothing older; snapshots older than every
     // worker's announcement are free.
     const uint64_t oldest = quiescence.oldest_in_use();
+    slots_.recycle(oldest);
     const size_t before = retired_.size();
     std::erase_if(retired_, [&](const std::unique_ptr<ServiceSnapshot>& s) { return s->generation_ < oldest; });
     return before - retired_.size();

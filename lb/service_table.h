@@ -18,9 +18,11 @@
 #include <string_view>
 #include <vector>
 
+#include "backend_slots.h"
 #include "encap.h"
 #include "flow.h"
 #include "messages.h"
+#include "shared_layout.h"
 
 namespace jitlb::lb {
 
@@ -32,6 +34,7 @@ struct BackendInfo {
     MacAddress mac{};  // L2 DSR: the backend's MAC
     uint32_t weight = 1;
     uint64_t id_hash = 0;  // backend_id_hash(id): a flow's backend across generations
+    uint32_t counter_slot = kNoCounterSlot;  // its BackendCounters in the stats blocks (backend_slots.h)
 };
 
 uint64_t backend_id_hash(std::string_view id) noexcept;
@@ -145,10 +148,25 @@ struct ServiceApplyResult {
     uint64_t generation = 0;  // the service's, when ok
 };
 
+// Where the service table says which backend each counter slot counts (the
+// state file's backend map, ControlLoop's BackendMapWriter). Called on the
+// main lcore, before the snapshot that uses a newly assigned slot is
+// published, and after the one that no longer names a freed slot.
+class BackendSlotSink {
+  public:
+    virtual ~BackendSlotSink() = default;
+    // `slot` counts `backend` of service `service_id`; `fresh`: newly
+    // assigned (its counts start now), else the same backend updated (weight,
+    // address).
+    virtual void slot_assigned(uint32_t slot, uint16_t service_id, const BackendInfo& backend, bool fresh) = 0;
+    virtual void slot_freed(uint32_t slot) = 0;
+};
+
 // The main lcore's side. Not thread-safe: one owner. Workers use current().
 class ServiceTable {
   public:
-    ServiceTable();
+    // `backend_slots`: per-backend counter slots to hand out (0: none counted).
+    explicit ServiceTable(uint32_t backend_slots = kDefaultBackendCapacity);
     ~ServiceTable();
     ServiceTable(const ServiceTable&) = delete;
     ServiceTable& operator=(const ServiceTable&) = delete;
@@ -159,6 +177,9 @@ class ServiceTable {
     // A ServiceSet keeps the service's backends; a BackendSet keeps its
     // definition and rebuilds its Maglev table. A backend of weight 0 is
     // draining: kept in `backends` for its tracked flows, left out of Maglev.
+    // A BackendSet gives each new backend a counter slot, keeps the slot of
+    // one that stays (same id) and retires those of backends that left; a
+    // removed service retires its backends' slots.
     ServiceApplyResult apply(uint16_t id, const ServiceSet& set);
     ServiceApplyResult apply(const BackendSet& set);
     ServiceApplyResult remove(std::string_view name);
@@ -168,8 +189,16 @@ class ServiceTable {
 
     // For workers: the snapshot to use for one burst (acquire).
     const ServiceSnapshot* current() const noexcept { return current_.load(std::memory_order_acquire); }
-    // Frees retired snapshots no worker can still hold.
+    // Frees retired snapshots no worker can still hold, and the counter
+    // slots only they named.
     size_t reclaim(const Quiescence& quiescence);
+    // Reports slot changes to `sink` from now on, while it lives (its owner
+    // may go first: the state file's writer goes with its mapping), starting
+    // with every slot assigned so far (as fresh).
+    void set_backend_sink(std::weak_ptr<BackendSlotSink> sink);
+    const BackendSlots& backend_slots() const noexcept { return slots_; }
+    // Backends applied without a counter slot since start (all slots taken).
+    uint64_t uncounted_backends() const noexcept { return uncounted_backends_; }
     size_t retired_count() const noexcept { return retired_.size(); }
     uint64_t generation() const noexcept { return generation_; }
 
@@ -180,6 +209,9 @@ class ServiceTable {
     std::vector<std::unique_ptr<ServiceSnapshot>> retired_;
     std::map<uint16_t, uint32_t> table_sizes_;  // Maglev M per service id
     uint64_t generation_ = 0;
+    BackendSlots slots_;
+    std::weak_ptr<BackendSlotSink> sink_;
+    uint64_t uncounted_backends_ = 0;
 };
 
 }  // namespace jitlb::lb

@@ -38,6 +38,7 @@ struct alignas(64) WorkerContext {
     std::unique_ptr<Pipeline> pipeline;
     WorkerCounters* counters = nullptr;
     std::span<ServiceCounters> per_service;  // by service id, after counters in the stats lines
+    std::span<BackendCounters> per_backend;  // by counter slot, after per_service
     rte_ring* exception_ring = nullptr;    // to the main lcore (SP/SC); nullptr: no exception port
     rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
     rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)

@@ -190,8 +190,11 @@ int main(int argc, char** argv) {
     node.ticks_per_second = kTicksPerSecond;
     ConnTableConfig cc;
     cc.capacity = static_cast<uint32_t>(std::max<uint64_t>(65536, 2 * a.flows));
+    // Counters as jitlb lays them out: per service and per backend (default capacities).
     WorkerCounters counters;
-    Pipeline pipeline(node, cc, writer->reader(), counters);
+    std::vector<ServiceCounters> per_service(kDefaultServiceCapacity + 1);
+    std::vector<BackendCounters> per_backend(kDefaultBackendCapacity);
+    Pipeline pipeline(node, cc, writer->reader(), counters, per_service, per_backend);
 
     // Frames in the order a random-order generator sends them; buffers in a ring
     // of 64 bursts (as mbufs cycle through a mempool).

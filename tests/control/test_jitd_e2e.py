@@ -402,6 +402,17 @@ slice_us = 200
     if JITLB:
         rc, j, _ = ctl_json("stats", "--state-file", f"{WORK}/jitlb-e2e.state", "--owner", "root")
         check(rc == 0 and "rx_packets" in j.get("counters", {}) and "web" in j.get("services", {}), "stats (json) reads jitlb's counters")
+        web = j.get("backends", {}).get("web", {})
+        check(rc == 0 and {k: v.get("address") for k, v in web.items()} ==
+              {"w1": "10.0.0.1", "w2": "10.0.0.2", "w3": "10.0.0.3"} and
+              all(v.get("packets") == 0 and v.get("bytes") == 0 for v in web.values()),
+              "stats (json) names each backend of web with its address, nothing forwarded yet")
+        db = j.get("backends", {}).get("db", {})
+        check(db.get("d1", {}).get("weight") == 0 and db.get("d2", {}).get("weight") == 3,
+              "stats (json) shows db's drained and re-weighted backends")
+        rc, out, _ = ctl("stats", "--state-file", f"{WORK}/jitlb-e2e.state", "--owner", "root")
+        check(rc == 0 and "backends:" in out and "10.0.0.2" in out and "(draining)" in out,
+              "stats (human) lists the backends by service, the drained one marked")
         rc, out, _ = ctl("stats", "--state-file", f"{WORK}/jitlb-e2e.state", "--owner", "root", "--watch", "--count", "1")
         check(rc == 0 and "pps" in out, "stats --watch prints rates")
 

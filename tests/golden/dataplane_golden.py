@@ -30,6 +30,7 @@ Exit 0: pass; 1: a case failed; 77: jitlb cannot run here (not root, or no DPDK 
 import argparse
 import base64
 import difflib
+import ipaddress
 import json
 import os
 import pwd
@@ -300,6 +301,7 @@ class RunPlan:
         self.kernel_inputs = []  # bytes, in order, into the exception port
         self.expected = {s: [] for s in STREAMS}  # stream -> [(case index, bytes)], in order
         self.counters = Counter()
+        self.backends = defaultdict(lambda: [0, 0])  # backend address -> [packets, bytes as received]
         self.flows = set()
         self.burst_extras = []
 
@@ -330,6 +332,10 @@ class RunPlan:
                 # may answer "too big" instead of forwarding).
                 if "forwarded" in e.counters or "too_big_sent" in e.counters:
                     self.track(dc.flow_of(frame) if e.flow is None else e.flow, icmp_error=e.flow is not None)
+                if "forwarded" in e.counters:
+                    counted = self.backends[backend_of(in_place)]
+                    counted[0] += 1
+                    counted[1] += len(raw)
             elif isinstance(e, dc.ToKernel):
                 self.expected["kernel"].append((ci, raw))
                 self.count(e.counters)
@@ -358,6 +364,48 @@ class RunPlan:
         elif not icmp_error:
             self.counters["conn_new"] += 1
             self.flows.add(flow)
+
+
+BACKEND_BY_MAC = {b.mac: b.address for s in dc.SERVICES for b in s.backends if b.mac}
+
+
+def backend_of(out):
+    """The backend a forwarded frame goes to: the outer destination of an encapsulated
+    frame (sent to the next hop), else (L2 DSR) the one whose MAC it is sent to."""
+    eth = Ether(out)
+    if eth.dst.lower() != dc.NEXT_HOP_MAC:
+        return BACKEND_BY_MAC[eth.dst.lower()]
+    outer = eth.payload
+    return ipaddress.ip_address(outer.dst).compressed
+
+
+def check_backends(plan, backends):
+    """Per backend, jitlb's `backends` (exit JSON) against the packets and bytes the
+    table forwards to each; their names and addresses against the services'."""
+    diffs = []
+    known = {(s.name, b.id): b.address for s in dc.SERVICES for b in s.backends}
+    known.update({("maglev", b.id): b.address for b in dc.MAGLEV_AFTER})
+    # The live run replaces the Maglev service's backends: the one that left is no
+    # longer in the backend map at exit, so its count cannot be read.
+    gone = ({b.address for b in dc.SERVICE["maglev"].backends} - {b.address for b in dc.MAGLEV_AFTER}
+            if plan.name == "live" else set())
+    have = defaultdict(lambda: [0, 0])
+    for service, by_id in backends.items():
+        for bid, v in by_id.items():
+            address = known.get((service, bid))
+            if address is None or ipaddress.ip_address(address).compressed != v.get("address"):
+                diffs.append(f"    backends: {service}/{bid} at {v.get('address')} is no backend of the table")
+                continue
+            have[v["address"]][0] += v["packets"]
+            have[v["address"]][1] += v["bytes"]
+    for address in sorted(set(have) | set(plan.backends)):
+        if address in gone:
+            continue
+        want = plan.backends.get(address, [0, 0])
+        if have.get(address, [0, 0]) != want:
+            diffs.append(f"    backends: {address}: expected {want[0]} packets, {want[1]} bytes; "
+                         f"jitlb counted {have.get(address, [0, 0])}")
+    return diffs
 
 
 def match_outputs(plan, stream, got):
@@ -555,6 +603,7 @@ def check_run(report, plan, outputs, counters):
     # the packets forwarded add up to `forwarded`, with their bytes as received.
     counters = dict(counters)
     services = counters.pop("services", None)
+    backends = counters.pop("backends", None)
     diffs = []
     # Timing and the main lcore's totals are not the table's: only their shape is checked.
     counters.pop("control", None)
@@ -576,6 +625,10 @@ def check_run(report, plan, outputs, counters):
             diffs.append(f"    services: packets add up to {per_service}, forwarded is {counters.get('forwarded')}")
         if any(v["bytes"] < 42 * v["packets"] for v in services.values()):
             diffs.append(f"    services: fewer bytes than packets of 42 bytes: {services}")
+    if backends is None:
+        diffs.append("    backends: no per-backend counters in jitlb's stats")
+    else:
+        diffs += check_backends(plan, backends)
     for k in sorted(set(counters) | set(plan.counters)):
         want, have = plan.counters.get(k, 0), counters.get(k)
         if have is None:
@@ -772,14 +825,18 @@ def live_phase(report, stage, writer, plan):
 
     # DPDK telemetry answers /jitlb/stats with the counters while jitlb runs.
     time.sleep(0.3)
-    tel = subprocess.run(["/usr/bin/dpdk-telemetry.py", "-f", file_prefix()], input="/jitlb/stats\n/jitlb/services\n",
+    tel = subprocess.run(["/usr/bin/dpdk-telemetry.py", "-f", file_prefix()], input="/jitlb/stats\n/jitlb/services\n/jitlb/backends\n/jitlb/backends,maglev\n",
                          capture_output=True, text=True, timeout=30)
     stats = per_service = None
+    backend_answers = []  # telemetry keys an answer by the command without its parameters
     for line in tel.stdout.splitlines():
         if line.strip().startswith("{"):
             answer = json.loads(line)
             stats = answer.get("/jitlb/stats", stats)
             per_service = answer.get("/jitlb/services", per_service)
+            if "/jitlb/backends" in answer:
+                backend_answers.append(answer["/jitlb/backends"])
+    per_backend, maglev_backends = (backend_answers + [None, None])[:2]
     ok &= report.line(stats is not None and stats.get("rx_packets", 0) >= 6 * BURST and "no_grant" in stats,
                       f"[live] dpdk-telemetry.py /jitlb/stats while running: "
                       f"rx_packets={stats.get('rx_packets') if stats else None}",
@@ -789,6 +846,18 @@ def live_phase(report, stage, writer, plan):
                       per_service and all(v.get("packets", 0) <= stats.get("tx_packets", 0) for v in per_service.values()),
                       f"[live] dpdk-telemetry.py /jitlb/services: maglev {maglev}",
                       f"    {json.dumps(per_service)[:300]}")
+    # Per backend: keyed service/backend, the Maglev service's after the change
+    # (the one that left is no longer named), adding up to at most its service's.
+    # (Telemetry keys take [A-Za-z0-9_/] only: "maglev-1" is keyed maglev_1.)
+    after = {f"maglev/{b.id.replace('-', '_')}" for b in dc.MAGLEV_AFTER}
+    in_maglev = {k: v for k, v in (per_backend or {}).items() if k.startswith("maglev/")}
+    ok &= report.line(set(in_maglev) == after and maglev_backends == in_maglev and
+                      all(v["service"] == "maglev" and k == f"maglev/{v['backend'].replace('-', '_')}" and
+                          v["address"] and v["bytes"] >= 54 * v["packets"] for k, v in in_maglev.items()) and
+                      0 < sum(v["packets"] for v in in_maglev.values()) <= maglev.get("packets", 0),
+                      f"[live] dpdk-telemetry.py /jitlb/backends: maglev "
+                      f"{ {k.split('/')[1]: v.get('packets') for k, v in in_maglev.items()} }",
+                      f"    {json.dumps(per_backend)[:600]}\n    {json.dumps(maglev_backends)[:300]}")
 
     # Denials are sampled into the event ring: the client whose grant ended knocked.
     events, r = stage.events(wait_ms=1000)

@@ -1140,7 +1140,7 @@ struct PushOptions {
 // to a tick, so pushed - answered over-counts what is still in flight.
 uint64_t published_grants_answered(const StateRegionView& view) {
     lb::WorkerCounters total{};
-    lb::sum_stats_blocks(view.worker_stats, view.header->service_capacity, total);
+    lb::sum_stats_blocks(view.worker_stats, lb::StatsBlockShape::of(*view.header), total);
     return total.get(lb::Counter::grants_activated) + total.get(lb::Counter::grants_rejected);
 }
 

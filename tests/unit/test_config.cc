@@ -185,6 +185,7 @@ dir = "/tmp/jitlb-test/state"
 cmd_dir = "/tmp/jitlb-test/cmd"
 cmd_owner = "jitd-test"
 service_capacity = 64
+backend_capacity = 256
 
 [main]
 tick_us = 50
@@ -244,6 +245,7 @@ slice_us = 250
     CHECK(c.cmd_dir == "/tmp/jitlb-test/cmd");
     CHECK(c.cmd_file_owner == "jitd-test");
     CHECK(c.service_capacity == 64);
+    CHECK(c.backend_capacity == 256);
     CHECK(c.tick_us == 50);
     CHECK(c.main_nice == -5);
     CHECK(c.main_slice_us == 250);
@@ -291,6 +293,7 @@ TEST_CASE("optional keys take their documented defaults", "[config]") {
     CHECK(c.cmd_file_owner == "jitd");
     CHECK(c.service_capacity == 1024);
     CHECK(c.service_capacity == defaults.service_capacity);
+    CHECK(c.backend_capacity == 4096);
 }
 
 TEST_CASE("empty strings mean 'none' or 'detect' where the example file writes them", "[config]") {
@@ -460,6 +463,8 @@ TEST_CASE("each kind of mistake is one error naming the key and what was wrong",
         {"tick_us above 100", edited("", "[main]\ntick_us = 101\n"), "main.tick_us",
          "101 is out of range (1..100 us)"},
         {"nice below -20", edited("", "[main]\nnice = -21\n"), "main.nice", "-21 is out of range (-20..19)"},
+        {"backend_capacity above 65536", edited("", "[region]\nbackend_capacity = 65537\n"),
+         "region.backend_capacity", "65537 is out of range (0..65536 backends)"},
         {"slice_us between 0 and 100", edited("", "[main]\nslice_us = 50\n"), "main.slice_us",
          "50 us: 0 (the kernel's default) or 100..100000"},
         {"slots per grant not 2, 4 or 8", edited("issuer_keys", "slots_per_grant = 3\nissuer_keys"),

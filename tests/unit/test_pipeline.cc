@@ -1416,6 +1416,68 @@ TEST_CASE("forwarded packets are counted per service, with the bytes as the clie
     CHECK(others == 0);
 }
 
+TEST_CASE("forwarded packets are counted on their backend's slot in every mode, new and tracked flows alike",
+          "[pipeline]") {
+    TestNode n;
+    std::vector<ServiceCounters> per_service(64);
+    std::vector<BackendCounters> per_backend(kDefaultBackendCapacity);
+    n.pipeline = std::make_unique<Pipeline>(node_identity(), ConnTableConfig{}, n.grants->reader(), n.counters,
+                                            std::span<ServiceCounters>(per_service),
+                                            std::span<BackendCounters>(per_backend));
+    add_standard_services(n);
+    grant_standard_client(n);
+    const auto slot = [&](const char* service) {
+        const uint32_t s = n.service(service).backends.at(0).counter_slot;
+        REQUIRE(s < per_backend.size());
+        return s;
+    };
+    std::map<uint32_t, ForwardCounters> want;
+    std::vector<Buf> bufs;
+    const auto send = [&](const char* service, Bytes frame) {
+        bufs.emplace_back(std::move(frame));
+        if (service == nullptr) return;
+        ++want[slot(service)].packets;
+        want[slot(service)].bytes += bufs.back().pkt.len;
+    };
+    for (int i = 0; i < 3; ++i)  // three new flows, then one of them twice more (tracked)
+        send("web4", eth4(tcp4("198.51.100.7", "203.0.113.10", static_cast<uint16_t>(41000 + i), 80, 10 * i)));
+    send("web4", eth4(tcp4("198.51.100.7", "203.0.113.10", 41000, 80, 100)));
+    send("web4", eth4(tcp4("198.51.100.7", "203.0.113.10", 41000, 80, 7)));
+    send("web6", eth6(tcp6("2001:db8::7", "2001:db8::64", 41000, 443, 5)));
+    send("gue", eth4(tcp4("198.51.100.7", "203.0.113.20", 41000, 80)));
+    send("dsr", eth4(tcp4("198.51.100.7", "203.0.113.30", 41000, 80, 1)));
+    send(nullptr, eth4(tcp4("198.51.100.99", "203.0.113.10", 41000, 80)));  // no grant: not forwarded
+    send(nullptr, eth4(tcp4("198.51.100.7", "203.0.113.50", 41000, 80)));   // disabled service
+    n.process(bufs);
+    REQUIRE(n.get(Counter::forwarded) == 8);
+    CHECK(n.get(Counter::conn_hit) == 2);
+    uint64_t total = 0;
+    for (uint32_t s = 0; s < per_backend.size(); ++s) {
+        INFO("slot " << s);
+        CHECK(per_backend[s].packets == want[s].packets);
+        CHECK(per_backend[s].bytes == want[s].bytes);
+        total += per_backend[s].packets;
+    }
+    CHECK(total == n.get(Counter::forwarded));
+
+    // A backend joins and the first leaves: the tracked flow is rehashed and
+    // counts on its new backend; the backend that left keeps its counts, and
+    // one that stays its slot.
+    const uint32_t w4 = slot("web4");
+    n.apply({"web4", {backend("w4", "172.16.0.1"), backend("w4b", "172.16.0.9")}});
+    CHECK(slot("web4") == w4);
+    n.apply({"web4", {backend("w4b", "172.16.0.9")}});
+    const uint32_t w4b = slot("web4");
+    CHECK(w4b != w4);
+    Buf again(eth4(tcp4("198.51.100.7", "203.0.113.10", 41000, 80, 3)));
+    const uint32_t received = again.pkt.len;
+    REQUIRE(n.process(again) == Action::transmit);
+    CHECK(n.get(Counter::conn_rehashed) == 1);
+    CHECK(per_backend[w4].packets == 5);
+    CHECK(per_backend[w4b].packets == 1);
+    CHECK(per_backend[w4b].bytes == received);
+}
+
 namespace {
 
 // RFC 1071 over `b`, done here apart from the code under test.

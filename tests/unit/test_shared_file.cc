@@ -428,6 +428,10 @@ TEST_CASE("the default layouts have the offsets docs/shared-region.md gives") {
     CHECK(s.worker_stats.bytes == 32'768);
     CHECK(s.grant_table.offset == 1'150'976);
     CHECK(s.revoked_set.offset == 1'150'976 + 4096);
+    CHECK(s.service_tables.offset == 1'150'976 + 8192);
+    CHECK(s.backend_map.offset == 1'150'976 + 8192);  // service_tables_bytes 0
+    CHECK(s.backend_map.bytes == 4096 * 128);
+    CHECK(s.total_bytes == 1'150'976 + 8192 + 524'288);
 }
 
 TEST_CASE("the layout hash changes when any size, offset or constant changes") {
@@ -733,6 +737,66 @@ TEST_CASE("service map readers never see a torn entry while the writer rewrites 
     CHECK(torn.load() == 0);
     CHECK(reads.load() > 1000);
     WARN("service map torture: " << writes << " writes, " << reads.load() << " reads, "
+                                 << busy.load() << " busy, " << torn.load() << " torn");
+}
+
+TEST_CASE("backend map readers never see a torn entry while the writer rewrites it") {
+    // As the service map's torture above: one writer rewriting one slot (every
+    // word derived from one counter, a free slot now and then), two readers.
+    StateSizes sizes = small_state_sizes();
+    sizes.backend_capacity = 1;
+    AlignedFile file(compute_state_layout(sizes).total_bytes);
+    StateRegion region;
+    start_state_region(file, sizes, 1, 1, region);
+    const std::span<const BackendMapEntry> readonly(region.backends);
+    auto id_of = [](uint64_t n) { return fmt::format("{:016x}{:016x}{:016x}", n, n >> 3, n >> 5); };
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> torn{0}, reads{0}, busy{0};
+    auto reader = [&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            BackendSlotInfo info;
+            if (backend_map_read(readonly[0], info) == SeqRead::busy) {
+                busy.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            reads.fetch_add(1, std::memory_order_relaxed);
+            if (info.service_id == 0) continue;
+            uint64_t address = 0;
+            std::memcpy(&address, info.address.bytes.data(), 8);
+            if (info.id_view() != id_of(info.baseline_packets) || info.baseline_bytes != ~info.baseline_packets ||
+                address != info.baseline_packets || info.service_id != (info.baseline_packets & 0xffff) + 1) {
+                torn.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+    };
+    std::thread r1(reader), r2(reader);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(seqlock_torture_seconds());
+    uint64_t writes = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        for (int i = 0; i < 1000; ++i) {
+            ++writes;
+            BackendSlotInfo info;
+            if (writes % 7 != 0) {
+                const uint64_t n = writes * 0x9e3779b97f4a7c15ull;
+                info.baseline_packets = n;
+                info.baseline_bytes = ~n;
+                info.service_id = static_cast<uint32_t>(n & 0xffff) + 1;
+                info.address.version = IpVersion::v6;
+                std::memcpy(info.address.bytes.data(), &n, 8);
+                const std::string id = id_of(n);
+                std::memcpy(info.id.data(), id.data(), id.size());
+            }
+            backend_map_write(region, 0, info);
+        }
+    }
+    stop.store(true);
+    r1.join();
+    r2.join();
+    CHECK(torn.load() == 0);
+    CHECK(reads.load() > 1000);
+    CHECK(read_backend_map_generation(*region.header) == writes);
+    WARN("backend map torture: " << writes << " writes, " << reads.load() << " reads, "
                                  << busy.load() << " busy, " << torn.load() << " torn");
 }
 
