@@ -21,6 +21,7 @@ import grp
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -147,6 +148,44 @@ def socket_checks():
           f"rc {rc}: {j}{err}")
 
 
+def connection_limit_checks():
+    """jitd serves at most 128 connections (kMaxClients) and closes each one after
+    5 s (kClientTimeoutMs), answered or not: a user of the socket who holds 128
+    idle ones gets the next caller's connection closed unanswered (jitctl exit
+    3, at once, not a hang) for at most those 5 s, and then jitd serves again."""
+    idle = []
+    try:
+        for _ in range(128):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(SOCK)
+            idle.append(c)
+        time.sleep(0.5)  # accepted by jitd's loop
+        t0 = time.monotonic()
+        rc, out, err = ctl("status")
+        took = time.monotonic() - t0
+        check(rc == 3 and took < 3, "with 128 idle connections held, the next `jitctl status` is closed "
+              "unanswered (exit 3) without waiting", f"rc {rc} after {took:.1f} s: {out}{err}")
+        for c in idle:
+            c.settimeout(8)
+
+        def closed(c):
+            try:
+                return c.recv(1) == b""
+            except OSError:
+                return True
+        t0 = time.monotonic()
+        n_closed = sum(closed(c) for c in idle)
+        took = time.monotonic() - t0
+        check(n_closed == 128 and took < 7.5, "jitd closes the 128 idle connections after its 5 s client timeout",
+              f"{n_closed} closed in {took:.1f} s")
+    finally:
+        for c in idle:
+            c.close()
+    rc, out, err = ctl("status")
+    check(rc == 0, "then `jitctl status` is answered again", f"rc {rc}: {out}{err}")
+    check(all(p.poll() is None for p in procs), "jitd is still running")
+
+
 def push_checks():
     rc, text, err = ctl("sign", "--key", f"{WORK}/offline.key", "--service", "web", "--source",
                         "198.51.100.9", "--for", "20m", "--subject", "pushed-by-nobody")
@@ -205,6 +244,7 @@ try:
     config_mode_checks()
     start_jitd()
     socket_checks()
+    connection_limit_checks()
     push_checks()
 except RuntimeError as e:
     check(False, f"the test ran to its end: {e}")

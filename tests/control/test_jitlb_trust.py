@@ -265,6 +265,41 @@ print(json.dumps(out))
           "jitd (as user jitd) maps the state file read-only and only so")
 
 
+def key_file_checks():
+    """The issuer key file decides what jitlb trusts: user jitd can read it (it
+    signs with its own secret key) but cannot change it, in place or by
+    replacing it, so a compromised jitd cannot add a key."""
+    path = f"{WORK}/issuers.pub"
+    before = Path(path).read_bytes()
+    probe = f"""
+import errno, json, os
+path, out = {path!r}, {{}}
+def errname(e): return errno.errorcode.get(e.errno, str(e.errno))
+for name, call in (("O_WRONLY", lambda: os.close(os.open(path, os.O_WRONLY))),
+                   ("O_APPEND", lambda: os.close(os.open(path, os.O_WRONLY | os.O_APPEND))),
+                   ("truncate", lambda: os.truncate(path, 0)), ("chmod", lambda: os.chmod(path, 0o666)),
+                   ("unlink", lambda: os.unlink(path)),
+                   ("create_beside", lambda: os.close(os.open(path + ".new", os.O_CREAT | os.O_WRONLY, 0o600)))):
+    try:
+        call(); out[name] = "ok"
+    except OSError as e:
+        out[name] = errname(e)
+print(json.dumps(out))
+"""
+    r = subprocess.run(["setpriv", "--reuid=jitd", "--regid=jitd", "--init-groups", sys.executable, "-c", probe],
+                       capture_output=True, text=True, timeout=30)
+    try:
+        got = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        got = {}
+    for name, want in (("O_WRONLY", "EACCES"), ("O_APPEND", "EACCES"), ("truncate", "EACCES"),
+                       ("chmod", "EPERM"), ("unlink", "EACCES"), ("create_beside", "EACCES")):
+        check(got.get(name) == want, f"user jitd: {name} of the issuer key file fails with {want}",
+              f"got {got.get(name)}: {r.stdout}{r.stderr}")
+    check(Path(path).read_bytes() == before and (os.stat(path).st_mode & 0o777) == 0o644,
+          "the issuer key file is unchanged")
+
+
 def revocation_checks():
     grants = {}
     for subject, source in (("revoked-while-away", "198.51.100.7"), ("kept", "198.51.100.8")):
@@ -327,6 +362,7 @@ try:
     start_jitlb()
     start_jitd()
     state_file_checks()
+    key_file_checks()
     revocation_checks()
 except Skipped as e:
     skipped = str(e)

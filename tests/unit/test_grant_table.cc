@@ -473,6 +473,39 @@ TEST_CASE("grant table: reopen keeps every verified entry and the revoked set") 
     CHECK(r->lookup(source(1, "10.3.0.50"), 10).kind == LookupKind::granted);
 }
 
+TEST_CASE("grant table: a crash between recording a revocation and removing its entry leaves nothing active after reopen") {
+    // Table a: two grants, then one's revocation, whole. Table b: the two
+    // grants only. b's table with a's revoked set is the state revoke()
+    // leaves when jitlb dies after recording the id and before removing the
+    // entry (GrantTableWriter::revoke records first).
+    Table a, b;
+    for (Table* t : {&a, &b}) {
+        REQUIRE(t->w().upsert(grant(key(1, "10.9.0.7", 32), 7, 0, 5000), 0) == UpsertResult::inserted);
+        REQUIRE(t->w().upsert(grant(key(1, "10.9.0.8", 32), 8, 0, 5000), 0) == UpsertResult::inserted);
+    }
+    REQUIRE(a.w().revoke(id_of(7), 5000).entry_removed);
+    REQUIRE(b.r().lookup(source(1, "10.9.0.7"), 10).kind == LookupKind::granted);
+    a.writer.reset();
+    b.writer.reset();  // jitlb dies
+    const size_t revoked_at = GrantTable::bytes_needed(a.config) - GrantTable::sizes(a.config).revoked_set_bytes;
+    REQUIRE(revoked_at % 4096 == 0);
+    std::memcpy(b.memory.data + revoked_at, a.memory.data + revoked_at, b.memory.size - revoked_at);
+
+    GrantTableError error;
+    ReopenReport report;
+    auto w = GrantTableWriter::reopen(b.memory.span(), kKey, error, &report);
+    INFO(error.message);
+    REQUIRE(w);
+    CHECK(report.dropped_revoked == 1);
+    CHECK(report.entries_kept == 1);
+    CHECK(report.revoked_ids_kept == 1);
+    CHECK(w->reader().lookup(source(1, "10.9.0.7"), 10).kind == LookupKind::no_grant);
+    CHECK(w->reader().lookup(source(1, "10.9.0.8"), 10).kind == LookupKind::granted);
+    CHECK(w->is_revoked(id_of(7)));
+    CHECK(w->upsert(grant(key(1, "10.9.0.7", 32), 7, 0, 5000), 0) == UpsertResult::revoked_id);
+    CHECK(w->live_grants() == 1);
+}
+
 TEST_CASE("grant table: reopen drops and counts entries whose MAC does not verify") {
     Table t;
     for (uint64_t i = 0; i < 50; ++i) {
