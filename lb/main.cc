@@ -332,27 +332,56 @@ std::string next_hops_json(const NextHopSet& set, const std::string& port_name) 
     return s;
 }
 
+// The MAC key file: opened once, without following a symlink, and judged by
+// what that descriptor is (no check-then-open race): a regular file of
+// jitlb's own user, mode 0600 or tighter, exactly 32 bytes. Missing: made.
 GrantTableMacKey read_mac_key(const std::string& path) {
     GrantTableMacKey key{};
-    struct stat st{};
-    if (stat(path.c_str(), &st) != 0) {
-        // First start: make one, readable by jitlb only.
-        const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        // First start: make one, readable by jitlb only (O_EXCL: never through a symlink).
+        fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0) die(fmt::format("cannot create MAC key file {}: {}", path, std::strerror(errno)));
         randombytes_buf(key.data(), key.size());
-        const bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size());
+        const bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) && fsync(fd) == 0;
         close(fd);
-        if (!ok) die(fmt::format("cannot write MAC key file {}", path));
+        if (!ok) die(fmt::format("cannot write MAC key file {}: {}", path, std::strerror(errno)));
         return key;
     }
+    if (fd < 0) {
+        if (errno == ELOOP)
+            die(fmt::format("MAC key file {} is a symbolic link: refused (whoever can point it elsewhere could "
+                            "choose jitlb's key); put the key file itself there",
+                            path));
+        die(fmt::format("cannot open MAC key file {}: {}", path, std::strerror(errno)));
+    }
+    struct stat st{};
+    if (fstat(fd, &st) != 0) die(fmt::format("cannot stat MAC key file {}: {}", path, std::strerror(errno)));
+    const auto refuse = [&](const std::string& why) {
+        close(fd);
+        die(why);
+    };
+    if (!S_ISREG(st.st_mode)) refuse(fmt::format("MAC key file {} is not a regular file", path));
+    if (st.st_uid != geteuid())
+        refuse(fmt::format("MAC key file {} belongs to uid {}, not to jitlb's user (uid {}): chown it to the user "
+                           "jitlb runs as",
+                           path, st.st_uid, geteuid()));
     if ((st.st_mode & 077) != 0)
-        die(fmt::format("MAC key file {} is open to group or others (mode {:04o}): whoever "
-                        "reads it can forge grant-table entries a restarted jitlb keeps; chmod "
-                        "600 {}",
-                        path, st.st_mode & 07777, path));
-    std::ifstream in(path, std::ios::binary);
-    in.read(reinterpret_cast<char*>(key.data()), static_cast<std::streamsize>(key.size()));
-    if (in.gcount() != static_cast<std::streamsize>(key.size()) || in.peek() != EOF)
+        refuse(fmt::format("MAC key file {} is open to group or others (mode {:04o}): whoever "
+                           "reads it can forge grant-table entries a restarted jitlb keeps; chmod "
+                           "600 {}",
+                           path, st.st_mode & 07777, path));
+    size_t got = 0;
+    while (got < key.size()) {
+        const ssize_t n = read(fd, key.data() + got, key.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+    }
+    uint8_t extra = 0;
+    const bool more = got == key.size() && read(fd, &extra, 1) != 0;
+    close(fd);
+    if (got != key.size() || more || st.st_size != static_cast<off_t>(key.size()))
         die(fmt::format("MAC key file {} must hold exactly {} bytes, not {} (restore it; or "
                         "remove it for a new key: the table's entries are then dropped at start "
                         "and jitd pushes its grants again)",

@@ -205,7 +205,32 @@ def mac_key_checks():
               f"{what}: refused before a state file or a running data plane exists", said[-600:])
         check(Path(MAC_KEY).read_bytes() == data and (os.stat(MAC_KEY).st_mode & 0o777) == mode,
               f"{what}: the file is left as it was")
-    os.unlink(MAC_KEY)  # the first start makes one, 0600
+    os.unlink(MAC_KEY)
+    # A symlink to a good key, and a good key of another user: refused too
+    # (the file is judged by the descriptor jitlb reads, opened O_NOFOLLOW).
+    elsewhere = f"{WORK}/elsewhere.mackey"
+    Path(elsewhere).write_bytes(good)
+    os.chmod(elsewhere, 0o600)
+    for what, make, words in (
+            ("MAC key that is a symlink to a 0600 key", lambda: os.symlink(elsewhere, MAC_KEY),
+             ("is a symbolic link",)),
+            ("MAC key owned by user jitd", lambda: (Path(MAC_KEY).write_bytes(good), os.chmod(MAC_KEY, 0o600),
+                                                    os.chown(MAC_KEY, JITD_USER.pw_uid, -1)),
+             (f"belongs to uid {JITD_USER.pw_uid}", "chown"))):
+        make()
+        p, log = spawn_jitlb()
+        try:
+            rc = p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            rc = None
+        said = Path(log).read_text(errors="replace")
+        check(rc == 1 and MAC_KEY in said and all(w in said for w in words) and not os.path.exists(STATE_FILE),
+              f"{what}: jitlb exits 1 naming the file and why, before any state file", f"rc {rc}: {said.strip()[-600:]}")
+        os.unlink(MAC_KEY)
+    check(Path(elsewhere).read_bytes() == good, "the symlink's target is left as it was")
+    # The first start makes one, 0600.
 
 
 def state_file_checks():
