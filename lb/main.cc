@@ -242,7 +242,8 @@ int64_t steady_ms() {
 // One port's next hop: its resolvers (none with a static next_hop_mac or
 // without a next hop) and the words the workers read for that port.
 struct PortNextHop {
-    PortNextHop(const std::string& name, uint16_t id, const MacAddress& mac) : port_name(name), port_id(id), set(mac) {}
+    PortNextHop(const std::string& name, uint16_t id, const MacAddress& mac)
+        : port_name(name), port_id(id), set(mac) {}
     std::string port_name;
     uint16_t port_id;
     NextHopSet set;
@@ -258,7 +259,7 @@ struct PortNextHop {
 // burst per worker ring per tick, never a wait.
 struct NextHopRelay {
     std::vector<std::unique_ptr<PortNextHop>>& ports;  // by port index
-    std::array<uint8_t, RTE_MAX_ETHPORTS> port_index;   // by port id (m->port)
+    std::array<uint8_t, RTE_MAX_ETHPORTS> port_index;  // by port id (m->port)
     rte_mempool* pool;
     bool has_exception;
     uint16_t exception_port;

@@ -45,10 +45,11 @@ struct alignas(64) WorkerContext {
     // kernel's frames from the exception port and the resolvers' requests.
     rte_ring* from_kernel_ring = nullptr;
     rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
-    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore (SP/SC); nullptr: no resolver
+    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore, m->port set (SP/SC); nullptr: none
     // The index of each port's PortIdentity in the pipeline's node, by port
     // id (a frame's m->port); ports not listed are index 0.
     std::array<uint8_t, RTE_MAX_ETHPORTS> port_index{};
+    static_assert(RTE_MAX_ETHPORTS <= 256, "a port index fits in uint8_t");
     // Software RSS: the ring each worker takes handed-over frames from, by
     // worker index (multi-producer, single-consumer); empty when no port
     // needs it. This worker dequeues handoff[index].
