@@ -1110,6 +1110,45 @@ TEST_CASE("software RSS: the owner of a port's one rx queue keeps its share, han
     CHECK(s.counters1.get(Counter::busy_polls) > 0);
 }
 
+TEST_CASE("software RSS: a frame handed to another worker is judged with its port's identity there",
+          "[worker][software_rss][ports]") {
+    const MacAddress port1_mac{0x02, 0xaa, 0x00, 0x00, 0x01, 0x01};
+    const MacAddress port1_next_hop{0x02, 0xbb, 0x00, 0x00, 0x01, 0x02};
+    SpreadRig s;
+    // The spread port is the node's second port (index 1) on both workers.
+    NodeIdentity identity = node_identity();
+    identity.ports = {{kNodeMac, kNextHopMac, nullptr, 1500}, {port1_mac, port1_next_hop, nullptr, 1500}};
+    s.r.ctx.pipeline = std::make_unique<Pipeline>(identity, ConnTableConfig{}, s.r.grants->reader(), s.r.counters);
+    s.w1.pipeline = std::make_unique<Pipeline>(identity, ConnTableConfig{}, s.r.grants->reader(), s.counters1);
+    s.r.ctx.port_index[s.sp.id] = 1;
+    s.w1.port_index[s.sp.id] = 1;
+    std::vector<Bytes> frames;
+    unsigned for_1 = 0;
+    for (int i = 1; i <= 40; ++i) {
+        const std::string src = "198.51.101." + std::to_string(i);
+        s.r.grant(kWeb, src.c_str());
+        frames.push_back(frame4(src.c_str(), kVip, 40000, 80));
+        for_1 += SpreadRig::worker_of(frames.back());
+    }
+    REQUIRE(for_1 > 5);
+    REQUIRE(for_1 < 35);
+    s.inject(frames);
+    while (rte_ring_count(s.sp.rx) > 0) worker_poll(s.r.ctx);
+    while (rte_ring_count(s.handoff[1]) > 0) worker_poll(s.w1);
+    for (unsigned w = 0; w < 2; ++w) {
+        INFO("tx queue " << w);
+        Mbufs tx;
+        dequeue_all(s.sp.tx[w], tx);
+        CHECK(tx.size() == (w == 0 ? 40 - for_1 : for_1));
+        for (size_t k = 0; k < tx.size(); ++k) {
+            const Bytes out = bytes_of(tx[k]);
+            CHECK(Bytes(out.begin(), out.begin() + 6) == mac_bytes(port1_next_hop));
+            CHECK(Bytes(out.begin() + 6, out.begin() + 12) == mac_bytes(port1_mac));
+        }
+    }
+    CHECK(s.r.get(Counter::forwarded) + s.counters1.get(Counter::forwarded) == 40);
+}
+
 TEST_CASE("software RSS: frames the chosen worker's full ring does not take are received, counted rss_handoff_full on the owner and freed",
           "[worker][software_rss][mempool]") {
     SpreadRig s;
