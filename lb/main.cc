@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -196,9 +197,10 @@ uint32_t exception_mask(const std::vector<std::string>& names) {
 // The main lcore's part of the exception path: what workers handed over goes
 // to the kernel (tap I/O is system calls, so workers never touch that port),
 // and what the kernel sends goes to worker 0, which sends it out of the first
-// data port on its own tx queue. Bounded: a few bursts each way per tick.
+// data port (the exception port has its MAC) on its own tx queue, marked
+// with that port's id. Bounded: a few bursts each way per tick.
 void relay_exception(std::vector<std::unique_ptr<WorkerContext>>& workers, uint16_t exception_port,
-                     WorkerCounters& counters) {
+                     uint16_t first_port, WorkerCounters& counters) {
     rte_mbuf* m[kBurst];
     for (auto& w : workers) {
         const unsigned n = rte_ring_sc_dequeue_burst(w->exception_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
@@ -213,6 +215,7 @@ void relay_exception(std::vector<std::unique_ptr<WorkerContext>>& workers, uint1
         const uint16_t n = rte_eth_rx_burst(exception_port, 0, m, kBurst);
         if (n == 0) break;
         counters.add(Counter::from_exception, n);
+        for (uint16_t i = 0; i < n; ++i) m[i]->port = first_port;  // worker 0 sends by m->port
         const unsigned queued = rte_ring_sp_enqueue_burst(workers[0]->from_kernel_ring, reinterpret_cast<void**>(m), n, nullptr);
         if (queued < n) {
             counters.add(Counter::drop_exception_full, n - queued);
@@ -236,16 +239,27 @@ int64_t steady_ms() {
         .count();
 }
 
-// The main lcore's part of next-hop resolution, once per tick: due requests go
-// out through worker 0's return ring (as the kernel's frames do: ports have a
-// tx queue per worker only); replies the workers handed over are read, passed
-// on to the exception port when it allows them (the kernel asked too, perhaps),
-// and the words workers read are stored when a MAC changed. Bounded: one burst
-// per worker ring per tick, never a wait.
-struct NextHopRelay {
-    NextHopSet& set;
-    NextHopMacs& macs;
+// One port's next hop: its resolvers (none with a static next_hop_mac or
+// without a next hop) and the words the workers read for that port.
+struct PortNextHop {
+    PortNextHop(const std::string& name, uint16_t id, const MacAddress& mac)
+        : port_name(name), port_id(id), set(mac) {}
     std::string port_name;
+    uint16_t port_id;
+    NextHopSet set;
+    NextHopMacs macs;  // PortIdentity::next_hop_macs of the port's workers
+};
+
+// The main lcore's part of next-hop resolution, once per tick: due requests go
+// out through worker 0's return ring, marked with their port (as the kernel's
+// frames do: ports have a tx queue per worker only); replies the workers handed
+// over go to the resolvers of the port they came in by (m->port), are passed on
+// to the exception port when it allows them (the kernel asked too, perhaps),
+// and a port's words are stored when one of its MACs changed. Bounded: one
+// burst per worker ring per tick, never a wait.
+struct NextHopRelay {
+    std::vector<std::unique_ptr<PortNextHop>>& ports;  // by port index
+    std::array<uint8_t, RTE_MAX_ETHPORTS> port_index;  // by port id (m->port)
     rte_mempool* pool;
     bool has_exception;
     uint16_t exception_port;
@@ -255,15 +269,17 @@ struct NextHopRelay {
 void resolve_next_hops(NextHopRelay& r, std::vector<std::unique_ptr<WorkerContext>>& workers,
                        WorkerCounters& counters) {
     const int64_t now = steady_ms();
-    const uint64_t words_before[2] = {r.set.word_v4(), r.set.word_v6()};
+    std::vector<std::array<uint64_t, 2>> words_before;
+    for (const auto& p : r.ports) words_before.push_back({p->set.word_v4(), p->set.word_v6()});
     rte_mbuf* m[kBurst];
     for (auto& w : workers) {
         const unsigned n = rte_ring_sc_dequeue_burst(w->resolver_ring, reinterpret_cast<void**>(m), kBurst, nullptr);
         for (unsigned i = 0; i < n; ++i) {
-            const auto result = r.set.on_frame({rte_pktmbuf_mtod(m[i], const uint8_t*), m[i]->data_len}, now);
+            PortNextHop& port = *r.ports[r.port_index[m[i]->port]];  // the worker set m->port
+            const auto result = port.set.on_frame({rte_pktmbuf_mtod(m[i], const uint8_t*), m[i]->data_len}, now);
             if (result.resolver != nullptr && result.verdict != NextHopResolver::Verdict::confirmed) {
                 const NextHopResolver& nh = *result.resolver;
-                std::printf("jitlb: port %s: next hop %s is at %s (%s)%s\n", r.port_name.c_str(),
+                std::printf("jitlb: port %s: next hop %s is at %s (%s)%s\n", port.port_name.c_str(),
                             format_ip(nh.next_hop()).c_str(), format_mac(nh.mac()).c_str(),
                             nh.next_hop().version == IpVersion::v4 ? "ARP" : "ND",
                             result.verdict == NextHopResolver::Verdict::changed ? ": its MAC changed" : "");
@@ -280,55 +296,75 @@ void resolve_next_hops(NextHopRelay& r, std::vector<std::unique_ptr<WorkerContex
             rte_pktmbuf_free(m[i]);
         }
     }
-    for (NextHopResolver& nh : r.set.resolvers()) {
-        if (nh.due(now)) {
-            uint8_t frame[kNeighbourSolicitationLen];
-            const size_t len = nh.write_request(now, frame);  // the next one is scheduled even if this fails
-            rte_mbuf* out = rte_pktmbuf_alloc(r.pool);
-            char* data = out != nullptr ? rte_pktmbuf_append(out, static_cast<uint16_t>(len)) : nullptr;
-            if (data != nullptr) std::memcpy(data, frame, len);
-            if (data == nullptr || rte_ring_sp_enqueue(workers[0]->from_kernel_ring, out) != 0) {
-                counters.add(Counter::next_hop_requests_unsent);
-                rte_pktmbuf_free(out);  // null-safe
+    NextHopStats t;
+    uint64_t configured = 0, resolved = 0, malformed = 0;
+    for (size_t p = 0; p < r.ports.size(); ++p) {
+        PortNextHop& port = *r.ports[p];
+        for (NextHopResolver& nh : port.set.resolvers()) {
+            if (nh.due(now)) {
+                uint8_t frame[kNeighbourSolicitationLen];
+                const size_t len = nh.write_request(now, frame);  // the next one is scheduled even if this fails
+                rte_mbuf* out = rte_pktmbuf_alloc(r.pool);
+                char* data = out != nullptr ? rte_pktmbuf_append(out, static_cast<uint16_t>(len)) : nullptr;
+                if (data != nullptr) {
+                    std::memcpy(data, frame, len);
+                    out->port = port.port_id;  // worker 0 sends by m->port
+                }
+                if (data == nullptr || rte_ring_sp_enqueue(workers[0]->from_kernel_ring, out) != 0) {
+                    counters.add(Counter::next_hop_requests_unsent);
+                    rte_pktmbuf_free(out);  // null-safe
+                }
+            }
+            if (nh.check_unanswered(now)) {
+                std::fprintf(stderr,
+                             "jitlb: warning: port %s: next hop %s has not answered %s for %lld s; %s\n",
+                             port.port_name.c_str(), format_ip(nh.next_hop()).c_str(),
+                             nh.next_hop().version == IpVersion::v4 ? "ARP" : "neighbour solicitations",
+                             static_cast<long long>((now - nh.unanswered_since_ms()) / 1000),
+                             nh.resolved() ? fmt::format("still sending to its last MAC {}", format_mac(nh.mac())).c_str()
+                                           : "encapsulated packets are dropped (next_hop_unresolved) until it does");
             }
         }
-        if (nh.check_unanswered(now)) {
-            std::fprintf(stderr,
-                         "jitlb: warning: port %s: next hop %s has not answered %s for %lld s; %s\n",
-                         r.port_name.c_str(), format_ip(nh.next_hop()).c_str(),
-                         nh.next_hop().version == IpVersion::v4 ? "ARP" : "neighbour solicitations",
-                         static_cast<long long>((now - nh.unanswered_since_ms()) / 1000),
-                         nh.resolved() ? fmt::format("still sending to its last MAC {}", format_mac(nh.mac())).c_str()
-                                       : "encapsulated packets are dropped (next_hop_unresolved) until it does");
-        }
+        if (!port.set.empty() &&
+            (port.set.word_v4() != words_before[p][0] || port.set.word_v6() != words_before[p][1]))
+            port.set.publish(port.macs);
+        const NextHopStats s = port.set.totals();
+        t.requests_sent += s.requests_sent;
+        t.replies_accepted += s.replies_accepted;
+        t.replies_ignored += s.replies_ignored;
+        t.mac_changes += s.mac_changes;
+        t.unanswered += s.unanswered;
+        configured += port.set.resolvers().size();
+        resolved += port.set.resolved_count();
+        malformed += port.set.malformed();
     }
-    if (r.set.word_v4() != words_before[0] || r.set.word_v6() != words_before[1]) r.set.publish(r.macs);
-    const NextHopStats t = r.set.totals();
+    // Summed over the ports.
     const auto set = [&counters](Counter k, uint64_t v) {
         __atomic_store_n(&counters.by_counter[static_cast<size_t>(k)], v, __ATOMIC_RELAXED);
     };
-    set(Counter::next_hops_configured, r.set.resolvers().size());
-    set(Counter::next_hops_resolved, r.set.resolved_count());
+    set(Counter::next_hops_configured, configured);
+    set(Counter::next_hops_resolved, resolved);
     set(Counter::next_hop_requests_sent, t.requests_sent);
     set(Counter::next_hop_replies_accepted, t.replies_accepted);
     set(Counter::next_hop_replies_ignored, t.replies_ignored);
-    set(Counter::next_hop_replies_malformed, r.set.malformed());
+    set(Counter::next_hop_replies_malformed, malformed);
     set(Counter::next_hop_mac_changes, t.mac_changes);
     set(Counter::next_hop_unanswered, t.unanswered);
 }
 
-// The resolvers' state for the stats JSON at exit.
-std::string next_hops_json(const NextHopSet& set, const std::string& port_name) {
+// Every port's resolvers' state for the stats JSON at exit.
+std::string next_hops_json(const std::vector<std::unique_ptr<PortNextHop>>& ports) {
     std::string s;
-    for (const NextHopResolver& nh : set.resolvers()) {
-        const NextHopStats& st = nh.stats();
-        s += fmt::format("{}{{\"port\": \"{}\", \"address\": \"{}\", \"resolved\": {}, \"mac\": \"{}\", "
-                         "\"requests_sent\": {}, \"replies_accepted\": {}, \"replies_ignored\": {}, "
-                         "\"mac_changes\": {}, \"unanswered\": {}}}",
-                         s.empty() ? "" : ", ", port_name, format_ip(nh.next_hop()), nh.resolved() ? "true" : "false",
-                         nh.resolved() ? format_mac(nh.mac()) : "", st.requests_sent, st.replies_accepted,
-                         st.replies_ignored, st.mac_changes, st.unanswered);
-    }
+    for (const auto& port : ports)
+        for (const NextHopResolver& nh : port->set.resolvers()) {
+            const NextHopStats& st = nh.stats();
+            s += fmt::format("{}{{\"port\": \"{}\", \"address\": \"{}\", \"resolved\": {}, \"mac\": \"{}\", "
+                             "\"requests_sent\": {}, \"replies_accepted\": {}, \"replies_ignored\": {}, "
+                             "\"mac_changes\": {}, \"unanswered\": {}}}",
+                             s.empty() ? "" : ", ", port->port_name, format_ip(nh.next_hop()),
+                             nh.resolved() ? "true" : "false", nh.resolved() ? format_mac(nh.mac()) : "",
+                             st.requests_sent, st.replies_accepted, st.replies_ignored, st.mac_changes, st.unanswered);
+        }
     return s;
 }
 
@@ -697,7 +733,8 @@ int main(int argc, char** argv) {
     }
 
     // The exception port: the kernel's side of the node (a TAP interface, or
-    // any PMD), with the first data port's MAC so the kernel answers as the node.
+    // any PMD), with the first data port's MAC so the kernel answers as the
+    // node; what the kernel sends leaves by the first port.
     uint16_t exception_id = 0;
     if (has_exception) {
         exception_id = probe_port(config.exception_port);
@@ -714,33 +751,35 @@ int main(int argc, char** argv) {
             die(fmt::format("exception port: cannot set its MAC: {}", rte_strerror(-r)));
     }
 
-    // The next hop encapsulated packets go to: the first port's, static or
-    // resolved by ARP / ND from this lcore (asked from the first node address
-    // of each family), published to workers in next_hop_macs.
-    const PortConfig& first = ports[0].config;
-    NextHopMacs next_hop_macs;
-    NextHopSet next_hops(ports[0].mac);
+    // Each port's next hop, where its encapsulated packets go: static or
+    // resolved by ARP / ND from this lcore (asked from the port's MAC and the
+    // first node address of each family), published to the workers in the
+    // port's NextHopMacs.
+    std::vector<std::unique_ptr<PortNextHop>> next_hops;
+    std::array<uint8_t, RTE_MAX_ETHPORTS> port_index{};  // by port id
     const auto node_address = [&config](IpVersion v) {
         return *std::find_if(config.addresses.begin(), config.addresses.end(),
                              [v](const IpAddress& a) { return a.version == v; });  // the config checked one exists
     };
-    if (first.next_hop.version != IpVersion::none) next_hops.add(first.next_hop, node_address(IpVersion::v4));
-    if (first.next_hop_v6.version != IpVersion::none) next_hops.add(first.next_hop_v6, node_address(IpVersion::v6));
-    const bool resolving = !next_hops.empty();
-    if (first.next_hop_set) {
-        next_hop_macs.v4.store(next_hop_word(first.next_hop_mac), std::memory_order_relaxed);
-        next_hop_macs.v6.store(next_hop_word(first.next_hop_mac), std::memory_order_relaxed);
-    } else if (!resolving) {
-        std::fprintf(stderr, "jitlb: warning: port %s has no next hop: encapsulated packets (ipip, gue) are dropped "
-                             "(next_hop_unresolved); set [[port]] next_hop / next_hop_v6 (resolved by ARP / ND) or "
-                             "next_hop_mac\n",
-                     first.name.c_str());
+    bool resolving = false;
+    for (size_t i = 0; i < ports.size(); ++i) {
+        const PortConfig& pc = ports[i].config;
+        port_index[ports[i].id] = static_cast<uint8_t>(i);
+        auto nh = std::make_unique<PortNextHop>(pc.name, ports[i].id, ports[i].mac);
+        if (pc.next_hop.version != IpVersion::none) nh->set.add(pc.next_hop, node_address(IpVersion::v4));
+        if (pc.next_hop_v6.version != IpVersion::none) nh->set.add(pc.next_hop_v6, node_address(IpVersion::v6));
+        resolving = resolving || !nh->set.empty();
+        if (pc.next_hop_set) {
+            nh->macs.v4.store(next_hop_word(pc.next_hop_mac), std::memory_order_relaxed);
+            nh->macs.v6.store(next_hop_word(pc.next_hop_mac), std::memory_order_relaxed);
+        } else if (nh->set.empty()) {
+            std::fprintf(stderr, "jitlb: warning: port %s has no next hop: encapsulated packets (ipip, gue) it "
+                                 "receives are dropped (next_hop_unresolved); set [[port]] next_hop / next_hop_v6 "
+                                 "(resolved by ARP / ND) or next_hop_mac\n",
+                         pc.name.c_str());
+        }
+        next_hops.push_back(std::move(nh));
     }
-    for (size_t i = 1; i < ports.size(); ++i)
-        if (ports[i].config.next_hop_set || ports[i].config.resolves_next_hop())
-            std::fprintf(stderr, "jitlb: warning: port %s: its next hop is not used; the first port's (%s) serves "
-                                 "every port (docs/dataplane.md, Decisions and limits)\n",
-                         ports[i].config.name.c_str(), first.name.c_str());
 
     // The state file, grant table, services and the control loop.
     ServiceTable services(config.backend_capacity);
@@ -808,6 +847,7 @@ int main(int argc, char** argv) {
             }
             for (uint16_t q = w; q < p.rx_queues; q = static_cast<uint16_t>(q + n_workers)) ctx->queues.push_back({p.id, q});
         }
+        ctx->port_index = port_index;
         ctx->handoff = handoff;
         ctx->rss_seed = config.flow_hash_seed ^ kSoftwareRssSeedTweak;
         uint8_t* block = state.worker_stats.data() + w * block_bytes;
@@ -819,14 +859,13 @@ int main(int argc, char** argv) {
         ctx->per_backend = {new (block + shape.backends_offset()) BackendCounters[config.backend_capacity]{},
                             config.backend_capacity};
         NodeIdentity node;
-        node.mac = ports[0].mac;
-        node.next_hop_macs = &next_hop_macs;
+        for (size_t i = 0; i < ports.size(); ++i)
+            node.ports.push_back({ports[i].mac, {}, &next_hops[i]->macs, ports[i].config.mtu});
         node.resolver_takes_replies = resolving;
         node.addresses = config.addresses;
         node.outer_source_v4 = config.outer_source_v4;
         node.outer_source_v6 = config.outer_source_v6;
         node.outer_ttl = config.outer_ttl;
-        node.mtu = ports[0].config.mtu;
         node.flow_hash_seed = config.flow_hash_seed;
         node.ticks_per_second = rte_get_tsc_hz();
         if (has_exception) node.exception_allow = exception_mask(config.exception_allow);
@@ -858,7 +897,6 @@ int main(int argc, char** argv) {
             ctx->from_kernel_ring = rte_ring_create("jitlb_from_kernel", kExceptionRingSize,
                                                     static_cast<int>(rte_socket_id()), RING_F_SP_ENQ | RING_F_SC_DEQ);
             if (ctx->from_kernel_ring == nullptr) die_rte("exception return ring");
-            ctx->from_kernel_port = ports[0].id;
         }
         workers.push_back(std::move(ctx));
     }
@@ -894,7 +932,7 @@ int main(int argc, char** argv) {
     std::printf("jitlb: running: %u worker(s), %zu port(s)\n", n_workers, ports.size());
     std::fflush(stdout);
 
-    NextHopRelay next_hop_relay{next_hops, next_hop_macs, first.name, pool, has_exception, exception_id,
+    NextHopRelay next_hop_relay{next_hops, port_index, pool, has_exception, exception_id,
                                 has_exception ? exception_mask(config.exception_allow) : 0};
     // The main lcore: tick, reclaim, sleep.
     prioritise_main_lcore(config.main_nice, config.main_slice_us);
@@ -909,7 +947,7 @@ int main(int argc, char** argv) {
             if (!last_error.empty()) std::fprintf(stderr, "jitlb: %s\n", last_error.c_str());
         }
         services.reclaim(quiescence);
-        if (has_exception) relay_exception(workers, exception_id, *main_counters);
+        if (has_exception) relay_exception(workers, exception_id, ports[0].id, *main_counters);
         if (resolving) resolve_next_hops(next_hop_relay, workers, *main_counters);
         for (auto& w : workers) {
             DenialSample samples[16];
@@ -962,7 +1000,7 @@ int main(int argc, char** argv) {
         }
     std::string json = counters_json(total, per_service, *control);
     json.insert(json.size() - 1, ", \"ports\": {" + ports_json + "}");
-    json.insert(json.size() - 1, ", \"next_hops\": [" + next_hops_json(next_hops, first.name) + "]");
+    json.insert(json.size() - 1, ", \"next_hops\": [" + next_hops_json(next_hops) + "]");
     std::printf("jitlb: counters %s\n", json.c_str());
     if (!stats_json.empty()) {
         std::ofstream out(stats_json);

@@ -120,7 +120,7 @@ struct ForwardJob {
 };
 
 struct ForwardContext {
-    const NodeIdentity& node;
+    const PortIdentity& port;  // the burst's
     EncapParams ipip;
     EncapParams gue;
     uint64_t next_hop_v4;  // next_hop_word()s for this burst, by the outer family
@@ -194,12 +194,12 @@ Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob
     const uint32_t l3 = job.parsed.l3_offset;
     const uint32_t inner_len = job.parsed.l3_length;
     const uint32_t hdr = static_cast<uint32_t>(encap_header_len(params.kind, job.backend.address.version));
-    if (hdr - kEthLen + inner_len > ctx.node.mtu) {
+    if (hdr - kEthLen + inner_len > ctx.port.mtu) {
         ctx.counters.add(Counter::drop_too_big);
         // IPv4 without DF is not the client's to fix: dropped, counted, no reply.
         const bool may_answer = job.parsed.flow.version == IpVersion::v6 || (job.pkt.data[l3 + 6] & 0x40) != 0;
         if (job.parsed.icmp_error || !may_answer || !ctx.too_big_limiter.take(ctx.now)) return Outcome::dropped;
-        if (!write_too_big(job.pkt, job.parsed, ctx.node.mac, ctx.node.mtu - (hdr - kEthLen))) return Outcome::dropped;
+        if (!write_too_big(job.pkt, job.parsed, ctx.port.mac, ctx.port.mtu - (hdr - kEthLen))) return Outcome::dropped;
         ctx.counters.add(Counter::too_big_sent);
         return Outcome::answered;
     }
@@ -246,7 +246,7 @@ Outcome forward_gue(ForwardContext& ctx, ForwardJob& job) noexcept {
 }
 
 Outcome forward_l2dsr(ForwardContext& ctx, ForwardJob& job) noexcept {
-    rewrite_l2_dsr({job.pkt.data, job.pkt.len}, job.backend.mac, ctx.node.mac);
+    rewrite_l2_dsr({job.pkt.data, job.pkt.len}, job.backend.mac, ctx.port.mac);
     return Outcome::forwarded;
 }
 
@@ -430,6 +430,8 @@ Pipeline::Pipeline(const NodeIdentity& node, const ConnTableConfig& conn, GrantT
                    WorkerCounters& counters, std::span<ServiceCounters> per_service,
                    std::span<BackendCounters> per_backend)
     : node_(node),
+      ports_(node.ports.empty() ? std::vector<PortIdentity>{{node.mac, node.next_hop_mac, node.next_hop_macs, node.mtu}}
+                                : node.ports),
       conns_(conn, node.ticks_per_second),
       grants_(grants),
       counters_(counters),
@@ -537,7 +539,7 @@ bool Pipeline::send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service&
     if (pkt.len + pkt.tailroom < l3 + 60) return false;
     uint8_t mac[6];
     std::memcpy(mac, pkt.data + 6, 6);
-    std::memcpy(pkt.data + 6, ctx.node.mac.data(), 6);
+    std::memcpy(pkt.data + 6, ctx.port.mac.data(), 6);
     std::memcpy(pkt.data, mac, 6);
     const uint32_t payload = p.l3_length - (p.payload_offset - l3);
     const uint32_t syn_fin = (tcp[13] & 0x03) != 0 ? 1 : 0;
@@ -555,7 +557,8 @@ bool Pipeline::send_resets(PacketBuf& pkt, const ParsedPacket& p, const Service&
 }
 
 void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services, uint64_t now,
-                             std::span<Action> actions, ExtraPackets* extra) noexcept {
+                             std::span<Action> actions, ExtraPackets* extra, size_t port_index) noexcept {
+    const PortIdentity& port = ports_[port_index < ports_.size() ? port_index : 0];
     const size_t n = std::min({pkts.size(), actions.size(), kBurst});
     ParsedPacket parsed[kBurst];
     const Service* service_of[kBurst];
@@ -571,18 +574,18 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
     uint32_t three_tuple = 0;  // bit i: packet i's service is a 3-tuple one (ports zeroed in its flow)
     static_assert(kBurst <= 32);
 
-    // The next hop's MACs: one load per family per burst, no atomic on the packet path.
+    // The port's next-hop MACs: one load per family per burst, no atomic on the packet path.
     uint64_t next_hop_v4 = 0, next_hop_v6 = 0;
-    if (node_.next_hop_macs != nullptr) {
-        next_hop_v4 = node_.next_hop_macs->v4.load(std::memory_order_acquire);
-        next_hop_v6 = node_.next_hop_macs->v6.load(std::memory_order_acquire);
-    } else if (node_.next_hop_mac != MacAddress{}) {
-        next_hop_v4 = next_hop_v6 = next_hop_word(node_.next_hop_mac);
+    if (port.next_hop_macs != nullptr) {
+        next_hop_v4 = port.next_hop_macs->v4.load(std::memory_order_acquire);
+        next_hop_v6 = port.next_hop_macs->v6.load(std::memory_order_acquire);
+    } else if (port.next_hop_mac != MacAddress{}) {
+        next_hop_v4 = next_hop_v6 = next_hop_word(port.next_hop_mac);
     }
-    ForwardContext ctx{node_, {}, {}, next_hop_v4, next_hop_v6, counters_, too_big_limiter_, now};
+    ForwardContext ctx{port, {}, {}, next_hop_v4, next_hop_v6, counters_, too_big_limiter_, now};
     n_samples_ = 0;
     ctx.ipip.kind = EncapKind::ipip;
-    ctx.ipip.src_mac = node_.mac;
+    ctx.ipip.src_mac = port.mac;
     ctx.ipip.source_v4 = node_.outer_source_v4;
     ctx.ipip.source_v6 = node_.outer_source_v6;
     ctx.ipip.ttl = node_.outer_ttl;
@@ -607,7 +610,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             continue;
         }
         if (p.kind == PacketKind::arp) {
-            if (arp_reply(pkt, p, node_.mac, node_, services)) {
+            if (arp_reply(pkt, p, port.mac, node_, services)) {
                 counters_.add(Counter::arp_replies);
                 actions[i] = Action::transmit;
             } else if (node_.resolver_takes_replies && load_be16(pkt.data + p.l3_offset + 6) == 2 &&
@@ -625,7 +628,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         }
         if (p.kind == PacketKind::ndp) {
             const bool to_node = p.flow.dst[0] == 0xff || is_node_address(IpVersion::v6, p.flow.dst.data());
-            if (nd_reply(pkt, p, node_.mac, node_, services)) {
+            if (nd_reply(pkt, p, port.mac, node_, services)) {
                 counters_.add(Counter::nd_replies);
                 actions[i] = Action::transmit;
             } else if (node_.resolver_takes_replies && p.icmp_type == 136 && to_node) {
@@ -679,7 +682,7 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
                     counters_.add(Counter::drop_icmp_not_allowed);
                 } else if (!echo_limiter_.take(now)) {
                     counters_.add(Counter::drop_icmp_rate_limited);
-                } else if (echo_reply(pkt, p, node_.mac)) {
+                } else if (echo_reply(pkt, p, port.mac)) {
                     counters_.add(Counter::echo_replies);
                     actions[i] = Action::transmit;
                 } else {

@@ -66,15 +66,30 @@ enum ExceptionTraffic : uint32_t {
     kExceptionBgp = 1u << 4,   // TCP from or to port 179 of a node address
 };
 
-// What the node is, as workers need it (from the config).
-struct NodeIdentity {
-    MacAddress mac{};            // the port's own MAC
+// What one [[port]] is: the MAC it answers and sends from, where its
+// encapsulated packets go, and its MTU. A burst is judged with the identity
+// of the port it came in by (process_burst's `port`).
+struct PortIdentity {
+    MacAddress mac{};  // the port's own MAC
     // Where encapsulated packets go. With next_hop_macs set, the words there
-    // (the resolver's, read once per burst) decide, by the outer family;
-    // else next_hop_mac for both families, unless it is all zeros. A family
-    // without a MAC drops its packets as next_hop_unresolved.
+    // (the port's resolver's, read once per burst) decide, by the outer
+    // family; else next_hop_mac for both families, unless it is all zeros. A
+    // family without a MAC drops its packets as next_hop_unresolved.
     MacAddress next_hop_mac{};
     const NextHopMacs* next_hop_macs = nullptr;
+    uint32_t mtu = 1500;  // IP MTU of the port
+};
+
+// What the node is, as workers need it (from the config).
+struct NodeIdentity {
+    // Port 0's identity when `ports` is empty (one port: most tests).
+    MacAddress mac{};
+    MacAddress next_hop_mac{};
+    const NextHopMacs* next_hop_macs = nullptr;
+    uint32_t mtu = 1500;
+    // Every port's identity, by port index (WorkerContext::port_index); when
+    // set, it replaces the four fields above.
+    std::vector<PortIdentity> ports;
     // ARP replies and neighbour advertisements to the node go to the
     // resolver (Action::resolver) rather than the exception path.
     bool resolver_takes_replies = false;
@@ -82,7 +97,6 @@ struct NodeIdentity {
     SourcePrefix outer_source_v4;      // outer source for IPv4 backends
     SourcePrefix outer_source_v6;
     uint8_t outer_ttl = 64;
-    uint32_t mtu = 1500;  // IP MTU of the port
     uint64_t flow_hash_seed = 0;
     uint64_t ticks_per_second = 1000;  // timebase of now_ticks (grant table's)
     uint32_t exception_allow = 0;      // ExceptionTraffic bits; 0: no exception port
@@ -185,15 +199,19 @@ class Pipeline {
     // through the service's forwarding mode) goes out in an extra buffer; the
     // flow stays tracked, closing, so later packets (a challenge ACK) get fresh
     // resets, at most one pair per kResetInterval per flow.
+    //
+    // `port`: the index of the port the burst came in by (its PortIdentity:
+    // MAC, next hop, MTU); one beyond the ports is port 0.
     void process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& services,
                        uint64_t now_ticks, std::span<Action> actions,
-                       ExtraPackets* extra = nullptr) noexcept;
+                       ExtraPackets* extra = nullptr, size_t port = 0) noexcept;
 
     const ConnTable& connections() const noexcept { return conns_; }
     // The denials sampled during the last burst (at most kMaxDenialSamplesPerBurst;
     // `count` says how many of that reason happened since the previous sample).
     std::span<const DenialSample> denial_samples() const noexcept { return {samples_.data(), n_samples_}; }
     const NodeIdentity& node() const noexcept { return node_; }
+    std::span<const PortIdentity> ports() const noexcept { return ports_; }
 
   private:
     using ForwardContextRef = void*;  // pipeline.cc's ForwardContext
@@ -207,6 +225,7 @@ class Pipeline {
                      uint64_t hash, ForwardContextRef ctx, ExtraPackets* extra) noexcept;
 
     NodeIdentity node_;
+    std::vector<PortIdentity> ports_;  // node_.ports, or the one port of node_'s own fields
     ConnTable conns_;
     GrantTableReader grants_;
     WorkerCounters& counters_;

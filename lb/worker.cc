@@ -71,7 +71,7 @@ void process_rx(WorkerContext& w, const ServiceSnapshot& snap, uint16_t port, rt
         bufs[n_ok] = {rte_pktmbuf_mtod(m, uint8_t*), m->data_len, rte_pktmbuf_headroom(m), rte_pktmbuf_tailroom(m)};
         ++n_ok;
     }
-    w.pipeline->process_burst({bufs, n_ok}, snap, now, {actions, n_ok}, &w.extra);
+    w.pipeline->process_burst({bufs, n_ok}, snap, now, {actions, n_ok}, &w.extra, w.port_index[port]);
     if (const auto samples = w.pipeline->denial_samples(); !samples.empty())
         w.counters->add(Counter::denial_samples_lost,
                         samples.size() - rte_ring_sp_enqueue_burst_elem(w.denial_ring, samples.data(),
@@ -91,6 +91,7 @@ void process_rx(WorkerContext& w, const ServiceSnapshot& snap, uint16_t port, rt
                 }
                 break;
             case Action::resolver:
+                m->port = port;  // the main lcore gives it to that port's resolver; not every PMD sets it
                 if (w.resolver_ring == nullptr || rte_ring_sp_enqueue(w.resolver_ring, m) != 0) {
                     w.counters->add(Counter::drop_resolver_full);
                     drop[n_drop++] = m;
@@ -205,9 +206,14 @@ unsigned worker_poll(WorkerContext& w) noexcept {
     }
     if (!w.handoff.empty()) received += take_handoff(w, *snap);
     if (w.from_kernel_ring != nullptr) {
-        // What the kernel sent through the exception port, on this worker's tx queue.
+        // What the kernel sent through the exception port and the resolvers'
+        // requests, on this worker's tx queue, in runs of one port (m->port).
         const unsigned n = rte_ring_sc_dequeue_burst(w.from_kernel_ring, reinterpret_cast<void**>(mbufs), kBurst, nullptr);
-        send(*w.counters, w.from_kernel_port, static_cast<uint16_t>(w.index), mbufs, static_cast<uint16_t>(n));
+        for (unsigned first = 0, end; first < n; first = end) {
+            for (end = first + 1; end < n && mbufs[end]->port == mbufs[first]->port;) ++end;
+            send(*w.counters, mbufs[first]->port, static_cast<uint16_t>(w.index), mbufs + first,
+                 static_cast<uint16_t>(end - first));
+        }
     }
     if (received > 0) {
         w.counters->add(Counter::busy_cycles, rte_rdtsc() - start);

@@ -7,6 +7,7 @@
 // (mbufs come from a mempool; a PMD may make its own calls).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -40,10 +41,15 @@ struct alignas(64) WorkerContext {
     std::span<ServiceCounters> per_service;  // by service id, after counters in the stats lines
     std::span<BackendCounters> per_backend;  // by counter slot, after per_service
     rte_ring* exception_ring = nullptr;    // to the main lcore (SP/SC); nullptr: no exception port
-    rte_ring* from_kernel_ring = nullptr;  // from the main lcore: to send out (SP/SC)
+    // From the main lcore, to send out by each mbuf's m->port (SP/SC): the
+    // kernel's frames from the exception port and the resolvers' requests.
+    rte_ring* from_kernel_ring = nullptr;
     rte_ring* denial_ring = nullptr;       // sampled denials to the main lcore (SP/SC, by value)
-    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore (SP/SC); nullptr: no resolver
-    uint16_t from_kernel_port = 0;
+    rte_ring* resolver_ring = nullptr;     // ARP replies / NAs to the main lcore, m->port set (SP/SC); nullptr: none
+    // The index of each port's PortIdentity in the pipeline's node, by port
+    // id (a frame's m->port); ports not listed are index 0.
+    std::array<uint8_t, RTE_MAX_ETHPORTS> port_index{};
+    static_assert(RTE_MAX_ETHPORTS <= 256, "a port index fits in uint8_t");
     // Software RSS: the ring each worker takes handed-over frames from, by
     // worker index (multi-producer, single-consumer); empty when no port
     // needs it. This worker dequeues handoff[index].

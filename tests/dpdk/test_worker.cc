@@ -866,7 +866,7 @@ TEST_CASE("worker_poll announces the service snapshot's generation, idle or not,
     check_counters_add_up(r.counters);
 }
 
-TEST_CASE("a packet leaves by the port it came in on, and what the kernel sends leaves by from_kernel_port, on the worker's tx queue",
+TEST_CASE("a packet leaves by the port it came in on, and what the kernel sends leaves by its m->port, on the worker's tx queue",
           "[worker][tx]") {
     Rig r;
     r.ctx.queues = {{r.p.id[0], 0}, {r.p.id[1], 0}};
@@ -875,11 +875,11 @@ TEST_CASE("a packet leaves by the port it came in on, and what the kernel sends 
         rte_ring_create("tw_from_kernel", 64, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
     REQUIRE(from_kernel != nullptr);
     r.ctx.from_kernel_ring = from_kernel;
-    r.ctx.from_kernel_port = r.p.id[0];
 
     rte_mbuf* on_1 = r.inject({frame4(kClient, kVip, 44000, 80)}, 1)[0];
     const Bytes kernel_frame = frame4(kNodeAddress, kClient, 22, 40000);
     rte_mbuf* from_tap = r.mbuf(kernel_frame);
+    from_tap->port = r.p.id[0];  // main.cc marks the kernel's frames with the first port
     REQUIRE(rte_ring_enqueue(from_kernel, from_tap) == 0);
     CHECK(worker_poll(r.ctx) == 1);  // the return ring's packets are not received ones
 
@@ -895,6 +895,71 @@ TEST_CASE("a packet leaves by the port it came in on, and what the kernel sends 
     CHECK(r.get(Counter::tx_packets) == 2);
     CHECK(r.get(Counter::tx_bytes) == (14 + 20 + 40) + kernel_frame.size());
     check_counters_add_up(r.counters, 1);
+}
+
+TEST_CASE("each port answers and encapsulates with its own MAC and next hop, and a frame on the return ring "
+          "marked with port 1 leaves by port 1",
+          "[worker][tx][ports]") {
+    const MacAddress port1_mac{0x02, 0xaa, 0x00, 0x00, 0x01, 0x01};
+    const MacAddress port1_next_hop{0x02, 0xbb, 0x00, 0x00, 0x01, 0x02};
+    Rig r;
+    NodeIdentity identity = node_identity();
+    identity.resolver_takes_replies = true;
+    identity.ports = {{kNodeMac, kNextHopMac, nullptr, 1500}, {port1_mac, port1_next_hop, nullptr, 1500}};
+    r.ctx.pipeline = std::make_unique<Pipeline>(identity, ConnTableConfig{}, r.grants->reader(), r.counters);
+    r.ctx.queues = {{r.p.id[0], 0}, {r.p.id[1], 0}};
+    r.ctx.port_index[r.p.id[1]] = 1;  // as main.cc: port id -> the index of its PortIdentity
+    rte_ring* from_kernel = rte_ring_create("tw_ports_ret", 64, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    rte_ring* resolver = rte_ring_create("tw_ports_nh", 64, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    REQUIRE(from_kernel != nullptr);
+    REQUIRE(resolver != nullptr);
+    r.ctx.from_kernel_ring = from_kernel;  // the rig frees it
+    r.ctx.resolver_ring = resolver;
+
+    const Bytes asker_mac{0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+    const Bytes router_mac{0x02, 0x11, 0x22, 0x33, 0x44, 0x66};
+    const Bytes reply_to_node = pad_to_min(eth_frame(mac_bytes(port1_mac), router_mac, 0x0806,
+                                                     arp(2, router_mac, wire("192.0.2.1"), mac_bytes(port1_mac),
+                                                         wire(kNodeAddress))));
+    rte_mbuf* on_0 = r.inject({frame4(kClient, kVip, 44000, 80)}, 0)[0];
+    const std::vector<rte_mbuf*> on_1 =
+        r.inject({frame4(kClient, kVip, 44001, 80), arp_request(asker_mac, "192.0.2.1", kNodeAddress), reply_to_node}, 1);
+    // A resolver's request for port 1, as main.cc marks it.
+    const Bytes request = arp_request(mac_bytes(port1_mac), kNodeAddress, "192.0.2.1");
+    rte_mbuf* returned = r.mbuf(request);
+    returned->port = r.p.id[1];
+    REQUIRE(rte_ring_enqueue(from_kernel, returned) == 0);
+    CHECK(worker_poll(r.ctx) == 4);
+
+    Mbufs tx0, tx1, to_resolver;
+    dequeue_all(r.p.tx[0], tx0);
+    dequeue_all(r.p.tx[1], tx1);
+    dequeue_all(resolver, to_resolver);
+    REQUIRE(tx0.size() == 1);
+    CHECK(tx0[0] == on_0);
+    check_ipip_headers(bytes_of(tx0[0]), 40);  // kNextHopMac from kNodeMac
+    REQUIRE(tx1.size() == 3);
+    // Port 1's burst, then the return ring's frame.
+    CHECK(tx1[0] == on_1[0]);
+    const Bytes encapsulated = bytes_of(tx1[0]);
+    CHECK(Bytes(encapsulated.begin(), encapsulated.begin() + 6) == mac_bytes(port1_next_hop));
+    CHECK(Bytes(encapsulated.begin() + 6, encapsulated.begin() + 12) == mac_bytes(port1_mac));
+    CHECK(tx1[1] == on_1[1]);
+    const Bytes arp_reply = bytes_of(tx1[1]);
+    CHECK(Bytes(arp_reply.begin() + 6, arp_reply.begin() + 12) == mac_bytes(port1_mac));
+    CHECK(Bytes(arp_reply.begin() + 22, arp_reply.begin() + 28) == mac_bytes(port1_mac));  // ARP sender
+    CHECK(tx1[2] == returned);
+    CHECK(bytes_of(tx1[2]) == request);
+    // The reply to the node goes to the resolver marked with the port it came in by.
+    REQUIRE(to_resolver.size() == 1);
+    CHECK(to_resolver[0] == on_1[2]);
+    CHECK(to_resolver[0]->port == r.p.id[1]);
+    CHECK(r.get(Counter::forwarded) == 2);
+    CHECK(r.get(Counter::arp_replies) == 1);
+    CHECK(r.get(Counter::to_resolver) == 1);
+    CHECK(r.get(Counter::tx_packets) == 4);
+    check_counters_add_up(r.counters, 1);
+    rte_ring_free(resolver);
 }
 
 // --- software RSS ------------------------------------------------------------------
@@ -1043,6 +1108,45 @@ TEST_CASE("software RSS: the owner of a port's one rx queue keeps its share, han
     check_counters_add_up(s.r.counters);
     check_counters_add_up(s.counters1);
     CHECK(s.counters1.get(Counter::busy_polls) > 0);
+}
+
+TEST_CASE("software RSS: a frame handed to another worker is judged with its port's identity there",
+          "[worker][software_rss][ports]") {
+    const MacAddress port1_mac{0x02, 0xaa, 0x00, 0x00, 0x01, 0x01};
+    const MacAddress port1_next_hop{0x02, 0xbb, 0x00, 0x00, 0x01, 0x02};
+    SpreadRig s;
+    // The spread port is the node's second port (index 1) on both workers.
+    NodeIdentity identity = node_identity();
+    identity.ports = {{kNodeMac, kNextHopMac, nullptr, 1500}, {port1_mac, port1_next_hop, nullptr, 1500}};
+    s.r.ctx.pipeline = std::make_unique<Pipeline>(identity, ConnTableConfig{}, s.r.grants->reader(), s.r.counters);
+    s.w1.pipeline = std::make_unique<Pipeline>(identity, ConnTableConfig{}, s.r.grants->reader(), s.counters1);
+    s.r.ctx.port_index[s.sp.id] = 1;
+    s.w1.port_index[s.sp.id] = 1;
+    std::vector<Bytes> frames;
+    unsigned for_1 = 0;
+    for (int i = 1; i <= 40; ++i) {
+        const std::string src = "198.51.101." + std::to_string(i);
+        s.r.grant(kWeb, src.c_str());
+        frames.push_back(frame4(src.c_str(), kVip, 40000, 80));
+        for_1 += SpreadRig::worker_of(frames.back());
+    }
+    REQUIRE(for_1 > 5);
+    REQUIRE(for_1 < 35);
+    s.inject(frames);
+    while (rte_ring_count(s.sp.rx) > 0) worker_poll(s.r.ctx);
+    while (rte_ring_count(s.handoff[1]) > 0) worker_poll(s.w1);
+    for (unsigned w = 0; w < 2; ++w) {
+        INFO("tx queue " << w);
+        Mbufs tx;
+        dequeue_all(s.sp.tx[w], tx);
+        CHECK(tx.size() == (w == 0 ? 40 - for_1 : for_1));
+        for (size_t k = 0; k < tx.size(); ++k) {
+            const Bytes out = bytes_of(tx[k]);
+            CHECK(Bytes(out.begin(), out.begin() + 6) == mac_bytes(port1_next_hop));
+            CHECK(Bytes(out.begin() + 6, out.begin() + 12) == mac_bytes(port1_mac));
+        }
+    }
+    CHECK(s.r.get(Counter::forwarded) + s.counters1.get(Counter::forwarded) == 40);
 }
 
 TEST_CASE("software RSS: frames the chosen worker's full ring does not take are received, counted rss_handoff_full on the owner and freed",

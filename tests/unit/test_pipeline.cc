@@ -201,13 +201,22 @@ struct TestNode {
     std::vector<Action> process(std::vector<Buf>& bufs, uint64_t now = kNow) {
         return process_with(*pipeline, bufs, now);
     }
-    std::vector<Action> process_with(Pipeline& p, std::vector<Buf>& bufs, uint64_t now = kNow) {
+    // Bursts that came in by the port of index `port`.
+    std::vector<Action> process_on(size_t port, std::vector<Buf>& bufs) {
+        return process_with(*pipeline, bufs, kNow, port);
+    }
+    Action process_on(size_t port, Buf& b) {
+        Action action = Action::transmit;
+        pipeline->process_burst({&b.pkt, 1}, *services.current(), kNow, {&action, 1}, nullptr, port);
+        return action;
+    }
+    std::vector<Action> process_with(Pipeline& p, std::vector<Buf>& bufs, uint64_t now = kNow, size_t port = 0) {
         std::vector<Action> actions(bufs.size(), Action::transmit);
         for (size_t start = 0; start < bufs.size(); start += kBurst) {
             const size_t n = std::min(kBurst, bufs.size() - start);
             PacketBuf pkts[kBurst];
             for (size_t i = 0; i < n; ++i) pkts[i] = bufs[start + i].pkt;
-            p.process_burst({pkts, n}, *services.current(), now, {actions.data() + start, n});
+            p.process_burst({pkts, n}, *services.current(), now, {actions.data() + start, n}, nullptr, port);
             for (size_t i = 0; i < n; ++i) bufs[start + i].pkt = pkts[i];
         }
         return actions;
@@ -1705,4 +1714,158 @@ TEST_CASE("with the resolver on, ARP replies and neighbour advertisements to the
         CHECK(n.get(Counter::drop_exception_denied) == 2);
         CHECK(n.get(Counter::to_resolver) == 0);
     }
+}
+
+// --- several ports: each its own MAC, next hop and MTU --------------------------
+
+namespace {
+
+const MacAddress kPort1Mac{0x02, 0xaa, 0x00, 0x00, 0x01, 0x01};
+const MacAddress kPort1NextHopMac{0x02, 0xbb, 0x00, 0x00, 0x01, 0x02};
+
+// Port 0 as node_identity()'s one port; port 1 with its own MAC, next hop and
+// a smaller MTU.
+NodeIdentity two_port_identity() {
+    NodeIdentity n = node_identity();
+    n.ports = {{kNodeMac, kNextHopMac, nullptr, 1500}, {kPort1Mac, kPort1NextHopMac, nullptr, 1400}};
+    return n;
+}
+
+Bytes src_mac_of(const Buf& b) { return Bytes(b.pkt.data + 6, b.pkt.data + 12); }
+Bytes dst_mac_of(const Buf& b) { return Bytes(b.pkt.data, b.pkt.data + 6); }
+
+}  // namespace
+
+TEST_CASE("an ARP request or neighbour solicitation is answered with the MAC of the port it came in by",
+          "[pipeline][ports][arp]") {
+    const Bytes asker_mac{0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+    const auto request = [&] {
+        return pad_to_min(eth_frame(Bytes(6, 0xff), asker_mac, 0x0806,
+                                    arp(1, asker_mac, wire("192.0.2.1"), Bytes(6, 0), wire("192.0.2.10"))));
+    };
+    const auto reply_from = [&](const MacAddress& mac) {
+        return pad_to_min(eth_frame(asker_mac, mac_bytes(mac), 0x0806,
+                                    arp(2, mac_bytes(mac), wire("192.0.2.10"), asker_mac, wire("192.0.2.1"))));
+    };
+    TestNode n({}, two_port_identity());
+    add_standard_services(n);
+    Buf on_0(request()), on_1(request());
+    CHECK(n.process_on(1, on_1) == Action::transmit);
+    CHECK(on_1.bytes() == reply_from(kPort1Mac));
+    CHECK(n.process_on(0, on_0) == Action::transmit);
+    CHECK(on_0.bytes() == reply_from(kNodeMac));
+
+    Buf ns(neighbour_solicitation(asker_mac, "2001:db8::7", "2001:db8::10", 255));
+    REQUIRE(n.process_on(1, ns) == Action::transmit);
+    CHECK(src_mac_of(ns) == mac_bytes(kPort1Mac));
+    CHECK(Bytes(ns.pkt.data + 54 + 26, ns.pkt.data + 54 + 32) == mac_bytes(kPort1Mac));  // target link-layer address
+    CHECK(n.get(Counter::arp_replies) == 2);
+    CHECK(n.get(Counter::nd_replies) == 1);
+}
+
+TEST_CASE("a granted packet is encapsulated from the MAC of the port it came in by to that port's next hop; "
+          "L2 DSR sends from that port's MAC",
+          "[pipeline][ports][encap]") {
+    TestNode n({}, two_port_identity());
+    add_standard_services(n);
+    grant_standard_client(n);
+    // The same burst on each port: IPIP, GUE, L2 DSR.
+    const auto burst = [] {
+        std::vector<Buf> b;
+        b.emplace_back(pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80))));
+        b.emplace_back(pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.20", 40000, 80))));
+        b.emplace_back(pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.30", 40000, 80))));
+        return b;
+    };
+    struct Row {
+        size_t port;
+        MacAddress mac, next_hop;
+    };
+    for (const Row& row : {Row{1, kPort1Mac, kPort1NextHopMac}, Row{0, kNodeMac, kNextHopMac}, Row{1, kPort1Mac, kPort1NextHopMac}}) {
+        INFO("port " << row.port);
+        std::vector<Buf> b = burst();
+        const std::vector<Action> actions = n.process_on(row.port, b);
+        CHECK(actions == std::vector<Action>(3, Action::transmit));
+        for (size_t i : {0, 1}) {
+            CHECK(dst_mac_of(b[i]) == mac_bytes(row.next_hop));
+            CHECK(src_mac_of(b[i]) == mac_bytes(row.mac));
+        }
+        CHECK(dst_mac_of(b[2]) == mac_bytes(kDsrBackendMac));
+        CHECK(src_mac_of(b[2]) == mac_bytes(row.mac));
+    }
+    CHECK(n.get(Counter::forwarded) == 9);
+}
+
+TEST_CASE("a packet that fits port 0's MTU but not port 1's is too_big on port 1 only, answered from port 1's MAC "
+          "with port 1's MTU",
+          "[pipeline][ports][encap]") {
+    TestNode n({}, two_port_identity());
+    add_standard_services(n);
+    grant_standard_client(n);
+    // IPv6-in-IPv6: 1460 bytes inside fill 1500 exactly.
+    const Bytes frame = eth6(tcp6("2001:db8::7", "2001:db8::64", 40000, 443, 1460 - 60));
+    Buf on_0(frame), on_1(frame);
+    CHECK(n.process_on(0, on_0) == Action::transmit);
+    CHECK(on_0.pkt.len - 14 == 1500);
+    CHECK(n.get(Counter::drop_too_big) == 0);
+    REQUIRE(n.process_on(1, on_1) == Action::transmit);  // the packet-too-big
+    CHECK(n.get(Counter::drop_too_big) == 1);
+    CHECK(n.get(Counter::too_big_sent) == 1);
+    const Bytes out = on_1.bytes();
+    REQUIRE(out.size() == 14 + 1280);
+    CHECK(Bytes(out.begin() + 6, out.begin() + 12) == mac_bytes(kPort1Mac));
+    CHECK(out[54] == 2);  // packet too big
+    CHECK((out[58] << 24 | out[59] << 16 | out[60] << 8 | out[61]) == 1400 - 40);
+    // One that fits port 1 (1360 inside) goes on.
+    Buf fits(eth6(tcp6("2001:db8::7", "2001:db8::64", 40001, 443, 1360 - 60)));
+    CHECK(n.process_on(1, fits) == Action::transmit);
+    CHECK(fits.pkt.len - 14 == 1400);
+    CHECK(n.get(Counter::forwarded) == 2);
+}
+
+TEST_CASE("each port reads its own resolver's words: port 1 unresolved while port 0 is resolved drops "
+          "next_hop_unresolved on port 1 only",
+          "[pipeline][ports][next_hop]") {
+    const MacAddress learned0{0x02, 0xdd, 0x00, 0x00, 0x00, 0x10};
+    const MacAddress learned1{0x02, 0xdd, 0x00, 0x00, 0x00, 0x11};
+    NextHopMacs macs0, macs1;
+    macs0.v4.store(next_hop_word(learned0));
+    NodeIdentity identity = node_identity();
+    identity.ports = {{kNodeMac, {}, &macs0, 1500}, {kPort1Mac, {}, &macs1, 1500}};
+    TestNode n({}, identity);
+    add_standard_services(n);
+    grant_standard_client(n);
+    const Bytes ipip4 = pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80)));
+    {
+        Buf on_0(ipip4), on_1(ipip4);
+        REQUIRE(n.process_on(0, on_0) == Action::transmit);
+        CHECK(dst_mac_of(on_0) == mac_bytes(learned0));
+        CHECK(n.process_on(1, on_1) == Action::drop);
+        CHECK(on_1.bytes() == ipip4);
+        CHECK(n.get(Counter::drop_next_hop_unresolved) == 1);
+    }
+    macs1.v4.store(next_hop_word(learned1));
+    {
+        Buf on_0(ipip4), on_1(ipip4);
+        REQUIRE(n.process_on(1, on_1) == Action::transmit);
+        CHECK(dst_mac_of(on_1) == mac_bytes(learned1));
+        CHECK(src_mac_of(on_1) == mac_bytes(kPort1Mac));
+        REQUIRE(n.process_on(0, on_0) == Action::transmit);
+        CHECK(dst_mac_of(on_0) == mac_bytes(learned0));
+    }
+    CHECK(n.get(Counter::drop_next_hop_unresolved) == 1);
+    CHECK(n.get(Counter::forwarded) == 3);
+}
+
+TEST_CASE("without a ports list, the node's own MAC, next hop and MTU are port 0's, and a port index beyond "
+          "the ports is port 0",
+          "[pipeline][ports]") {
+    TestNode n;
+    add_standard_services(n);
+    grant_standard_client(n);
+    REQUIRE(n.pipeline->ports().size() == 1);
+    Buf b(pad_to_min(eth4(tcp4("198.51.100.7", "203.0.113.10", 40000, 80))));
+    REQUIRE(n.process_on(3, b) == Action::transmit);
+    CHECK(dst_mac_of(b) == mac_bytes(kNextHopMac));
+    CHECK(src_mac_of(b) == mac_bytes(kNodeMac));
 }
