@@ -14,6 +14,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "ip_text.h"
 #include "backend_slots.h"
 #include "control_loop.h"
 #include "counters.h"
@@ -21,16 +22,10 @@
 #include "shared_layout.h"
 
 using namespace jitlb;
+using jitlb::test::ip;
 using namespace jitlb::lb;
 
 namespace {
-
-IpAddress ip(const char* text) {
-    IpAddress a;
-    a.version = IpVersion::v4;
-    REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    return a;
-}
 
 ServiceSet service(const char* name, const char* vip) {
     ServiceSet s;

@@ -12,9 +12,11 @@
 
 #include <catch2/catch.hpp>
 
+#include "ip_text.h"
 #include "neighbour.h"
 
 using namespace jitlb;
+using jitlb::test::ip;
 
 namespace {
 
@@ -22,18 +24,6 @@ using Bytes = std::vector<uint8_t>;
 
 const MacAddress kOwn{0x02, 0xaa, 0x00, 0x00, 0x00, 0x01};
 const MacAddress kNextHop{0x02, 0xbb, 0x00, 0x00, 0x00, 0x02};
-
-IpAddress ip(const char* text) {
-    IpAddress a;
-    if (std::strchr(text, ':') != nullptr) {
-        a.version = IpVersion::v6;
-        REQUIRE(inet_pton(AF_INET6, text, a.bytes.data()) == 1);
-    } else {
-        a.version = IpVersion::v4;
-        REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    }
-    return a;
-}
 
 const Bytes kArpRequest = {
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0xaa, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 0x06,

@@ -8,10 +8,12 @@
 
 #include <catch2/catch.hpp>
 
+#include "ip_text.h"
 #include "neighbour.h"
 #include "next_hop.h"
 
 using namespace jitlb;
+using jitlb::test::ip;
 using namespace jitlb::lb;
 
 namespace {
@@ -22,18 +24,6 @@ const MacAddress kOwn{0x02, 0xaa, 0x00, 0x00, 0x00, 0x01};
 const MacAddress kRouter{0x02, 0xbb, 0x00, 0x00, 0x00, 0x02};
 const MacAddress kRouter2{0x02, 0xbb, 0x00, 0x00, 0x00, 0x03};
 const MacAddress kBroadcast{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-
-IpAddress ip(const char* text) {
-    IpAddress a;
-    if (std::strchr(text, ':') != nullptr) {
-        a.version = IpVersion::v6;
-        REQUIRE(inet_pton(AF_INET6, text, a.bytes.data()) == 1);
-    } else {
-        a.version = IpVersion::v4;
-        REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    }
-    return a;
-}
 
 NeighbourReply reply(const char* sender, const MacAddress& mac) {
     NeighbourReply r;

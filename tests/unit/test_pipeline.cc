@@ -18,6 +18,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "ip_text.h"
 #include "flow_hash.h"
 #include "grant_table.h"
 #include "maglev.h"
@@ -36,18 +37,6 @@ constexpr uint64_t kSeed = 0x5eed'f10e'0000'0001;
 const MacAddress kNodeMac{0x02, 0xaa, 0x00, 0x00, 0x00, 0x01};
 const MacAddress kNextHopMac{0x02, 0xbb, 0x00, 0x00, 0x00, 0x02};
 const MacAddress kDsrBackendMac{0x02, 0xcc, 0x00, 0x00, 0x00, 0x03};
-
-IpAddress ip(const char* text) {
-    IpAddress a;
-    if (std::strchr(text, ':') != nullptr) {
-        a.version = IpVersion::v6;
-        REQUIRE(inet_pton(AF_INET6, text, a.bytes.data()) == 1);
-    } else {
-        a.version = IpVersion::v4;
-        REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    }
-    return a;
-}
 
 // The address's bytes as on the wire (4 or 16).
 Bytes wire(const char* text) {

@@ -16,24 +16,14 @@
 
 #include <catch2/catch.hpp>
 
+#include "ip_text.h"
 #include "service_table.h"
 
 using namespace jitlb;
+using jitlb::test::ip;
 using namespace jitlb::lb;
 
 namespace {
-
-IpAddress ip(const char* text) {
-    IpAddress a;
-    if (std::strchr(text, ':') != nullptr) {
-        a.version = IpVersion::v6;
-        REQUIRE(inet_pton(AF_INET6, text, a.bytes.data()) == 1);
-    } else {
-        a.version = IpVersion::v4;
-        REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    }
-    return a;
-}
 
 Vip vip(const char* address, uint16_t port, L4Protocol protocol = L4Protocol::tcp) {
     return {ip(address), port, protocol};
