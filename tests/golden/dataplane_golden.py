@@ -261,6 +261,29 @@ class Jitlb:
         return json.loads(self.stats.read_text())
 
 
+def run_staged(cmd, log_path, go, stage, script, until, timeout=120):
+    """Runs jitlb `cmd` (which has --start-ports-after `go`): once it waits for
+    its ports, pushes `script` with jitlb_stage, waits for the event `until`,
+    lets the ports start, and waits for it to exit (--exit-when-idle).
+    Returns (exit code, its output)."""
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while p.poll() is None and "waiting for" not in Path(log_path).read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if p.poll() is None:
+                stage.push(script)
+                stage.events(until=until, wait_ms=10000)
+                Path(go).touch()
+            rc = p.wait(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return rc, Path(log_path).read_text(errors="replace")
+
+
 def file_prefix():
     """The EAL's --file-prefix: the instance and this process, so that runs never share one."""
     return f"{INSTANCE}{os.getpid()}"

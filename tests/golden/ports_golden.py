@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pwd
-import subprocess
 import sys
 import tempfile
 import time
@@ -89,22 +88,7 @@ def run_jitlb(jitlb, tmp, run, stage, script, until, port1_next_hop, in0, in1):
     cmd = [jitlb, "--lcores", "0@0,1@1", "--no-pci", *dg.eal_memory(), "--file-prefix", dg.file_prefix(),
            "--log-level=lib.eal:error", "--", "--config", str(cfg), "--exit-when-idle", "1000",
            "--stats-json", str(stats), "--start-ports-after", str(go)]
-    with open(log_path, "w") as log:
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while p.poll() is None and "waiting for" not in log_path.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if p.poll() is None:
-                stage.push(script)
-                stage.events(until=until, wait_ms=10000)
-                go.touch()
-            rc = p.wait(timeout=120)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    text = log_path.read_text(errors="replace")
+    rc, text = dg.run_staged(cmd, log_path, go, stage, script, until)
     if rc != 0:
         return rc, text, None, None, None
     return (0, text, dg.read_pcap(Path(tmp) / f"out0-{run}.pcap"), dg.read_pcap(Path(tmp) / f"out1-{run}.pcap"),

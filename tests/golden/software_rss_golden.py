@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import pwd
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,22 +109,7 @@ def run_jitlb(exe, tmp, run, workers, stage, script, until, rx_queues=None):
            "--log-level=lib.eal:error", "--", "--config", str(cfg), "--exit-when-idle", "1000",
            "--stats-json", str(stats), "--start-ports-after", str(go)]
     log_path = Path(tmp) / f"jitlb-{run}.log"
-    with open(log_path, "w") as log:
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while p.poll() is None and "waiting for" not in log_path.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if p.poll() is None:
-                stage.push(script)
-                events, _ = stage.events(until=until, wait_ms=10000)
-                go.touch()
-            rc = p.wait(timeout=120)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    text = log_path.read_text(errors="replace")
+    rc, text = dg.run_staged(cmd, log_path, go, stage, script, until)
     if rc != 0:
         return rc, text, None, None
     return 0, text, [dg.read_pcap(o) if o.exists() else [] for o in outputs], json.loads(stats.read_text())
