@@ -39,6 +39,7 @@
 #include <catch2/catch.hpp>
 
 #include "grant_table.h"
+#include "ip_text.h"
 #include "packet_builder.h"
 #include "pipeline.h"
 #include "service_table.h"
@@ -68,17 +69,7 @@ constexpr unsigned kExceptionRingSize = 64;  // 63 usable
 constexpr unsigned kDenialRingSize = 256;    // as main.cc
 constexpr size_t kSpares = ExtraPackets{}.bufs.size();
 
-IpAddress address(const char* text) {
-    IpAddress a;
-    if (std::strchr(text, ':') != nullptr) {
-        a.version = IpVersion::v6;
-        REQUIRE(inet_pton(AF_INET6, text, a.bytes.data()) == 1);
-    } else {
-        a.version = IpVersion::v4;
-        REQUIRE(inet_pton(AF_INET, text, a.bytes.data()) == 1);
-    }
-    return a;
-}
+IpAddress address(const char* text) { return jitlb::test::ip(text); }
 
 // The address's bytes as on the wire (4 or 16).
 Bytes wire(const char* text) {
