@@ -65,8 +65,10 @@ class Section {
             toml::source_position where)
         : file_(file), table_(table), path_(std::move(path)), where_(where) {}
 
+    // An empty key (TOML allows `"" = 1`) is shown as TOML writes it.
     std::string key_path(std::string_view key) const {
-        return path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+        const std::string shown = key.empty() ? std::string("\"\"") : std::string(key);
+        return path_.empty() ? shown : fmt::format("{}.{}", path_, shown);
     }
     std::string_view file() const { return file_; }
 

@@ -613,3 +613,11 @@ hash_seed = 0x2a
     CHECK(text.find("/etc/jitlb/edge1.mackey") != std::string::npos);
     CHECK(text.back() != '\n');  // the caller ends the last line
 }
+
+TEST_CASE("an empty key (`\"\" = 1`, valid TOML) is an unknown key that the error names as \"\"", "[config]") {
+    // Found by fuzz_config (corpus regression_empty_key.toml): the error had an
+    // empty key and read like a syntax error.
+    const ConfigError top = parse_error("\"\" = \"\"\n");
+    CHECK(top.key == "\"\"");
+    CHECK_THAT(top.to_string(), Catch::Contains("\"\": unknown key"));
+}
