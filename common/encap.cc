@@ -15,13 +15,6 @@ constexpr uint8_t kProtoIpip = 4;
 constexpr uint8_t kProtoIpv6 = 41;
 constexpr uint8_t kProtoUdp = 17;
 
-inline void store_be16(uint8_t* p, uint16_t v) noexcept {
-    p[0] = static_cast<uint8_t>(v >> 8);
-    p[1] = static_cast<uint8_t>(v);
-}
-inline uint16_t load_be16(const uint8_t* p) noexcept {
-    return static_cast<uint16_t>((p[0] << 8) | p[1]);
-}
 
 // What the outer headers copy from the inner packet.
 struct InnerFacts {

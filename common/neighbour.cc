@@ -15,11 +15,6 @@ constexpr uint8_t kNdNeighbourAdvert = 136;
 constexpr uint8_t kOptionSourceLinkLayer = 1;
 constexpr uint8_t kOptionTargetLinkLayer = 2;
 
-void put16(uint8_t* p, uint16_t v) noexcept {
-    p[0] = static_cast<uint8_t>(v >> 8);
-    p[1] = static_cast<uint8_t>(v);
-}
-uint16_t get16(const uint8_t* p) noexcept { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
 
 bool usable_mac(const uint8_t* mac) noexcept {
     static constexpr uint8_t kZero[6] = {};
@@ -29,7 +24,7 @@ bool usable_mac(const uint8_t* mac) noexcept {
 // The ICMPv6 checksum over the pseudo-header of the IPv6 header at `ip6`.
 uint16_t icmpv6_sum(const uint8_t* ip6, const uint8_t* icmp, uint32_t len) noexcept {
     uint32_t sum = 0;
-    for (int i = 8; i < 40; i += 2) sum += get16(ip6 + i);  // source and destination
+    for (int i = 8; i < 40; i += 2) sum += load_be16(ip6 + i);  // source and destination
     sum += len >> 16;
     sum += len & 0xffff;
     sum += kProtoIcmpv6;
@@ -58,13 +53,13 @@ size_t write_arp_request(std::span<uint8_t> out, const MacAddress& sender_mac, c
     if (unicast_to != nullptr) std::memcpy(f, unicast_to->data(), 6);
     else std::memset(f, 0xff, 6);
     std::memcpy(f + 6, sender_mac.data(), 6);
-    put16(f + 12, 0x0806);
+    store_be16(f + 12, 0x0806);
     uint8_t* a = f + 14;
-    put16(a, 1);           // hardware: Ethernet
-    put16(a + 2, 0x0800);  // protocol: IPv4
+    store_be16(a, 1);           // hardware: Ethernet
+    store_be16(a + 2, 0x0800);  // protocol: IPv4
     a[4] = 6;
     a[5] = 4;
-    put16(a + 6, 1);  // request
+    store_be16(a + 6, 1);  // request
     std::memcpy(a + 8, sender_mac.data(), 6);
     std::memcpy(a + 14, sender_ip.bytes.data(), 4);
     std::memset(a + 18, 0, 6);  // target hardware address: what is asked
@@ -82,12 +77,12 @@ size_t write_neighbour_solicitation(std::span<uint8_t> out, const MacAddress& sr
     uint8_t* f = out.data();
     std::memcpy(f, dst_mac.data(), 6);
     std::memcpy(f + 6, src_mac.data(), 6);
-    put16(f + 12, 0x86dd);
+    store_be16(f + 12, 0x86dd);
     uint8_t* ip6 = f + 14;
     ip6[0] = 0x60;  // version 6, traffic class 0, flow label 0
     ip6[1] = ip6[2] = ip6[3] = 0;
     constexpr uint16_t kIcmpLen = 32;  // header, reserved, target, one 8-byte option
-    put16(ip6 + 4, kIcmpLen);
+    store_be16(ip6 + 4, kIcmpLen);
     ip6[6] = kProtoIcmpv6;
     ip6[7] = 255;  // RFC 4861 7.1.1: a receiver refuses anything else
     std::memcpy(ip6 + 8, src_ip.bytes.data(), 16);
@@ -95,13 +90,13 @@ size_t write_neighbour_solicitation(std::span<uint8_t> out, const MacAddress& sr
     uint8_t* icmp = ip6 + 40;
     icmp[0] = kNdNeighbourSolicitation;
     icmp[1] = 0;
-    put16(icmp + 2, 0);
+    store_be16(icmp + 2, 0);
     std::memset(icmp + 4, 0, 4);  // reserved
     std::memcpy(icmp + 8, target.bytes.data(), 16);
     icmp[24] = kOptionSourceLinkLayer;
     icmp[25] = 1;  // in units of 8 bytes
     std::memcpy(icmp + 26, src_mac.data(), 6);
-    put16(icmp + 2, static_cast<uint16_t>(~icmpv6_sum(ip6, icmp, kIcmpLen)));
+    store_be16(icmp + 2, static_cast<uint16_t>(~icmpv6_sum(ip6, icmp, kIcmpLen)));
     return kNeighbourSolicitationLen;
 }
 
@@ -114,11 +109,11 @@ NeighbourFrame parse_neighbour_reply(std::span<const uint8_t> frame, NeighbourRe
     }
     if (p.kind == PacketKind::arp) {
         const uint8_t* a = frame.data() + p.l3_offset;  // the parser saw 28 bytes
-        if (get16(a) != 1 || get16(a + 2) != 0x0800 || a[4] != 6 || a[5] != 4) {
+        if (load_be16(a) != 1 || load_be16(a + 2) != 0x0800 || a[4] != 6 || a[5] != 4) {
             out.why = "ARP for another hardware or protocol type";
             return NeighbourFrame::malformed;
         }
-        if (get16(a + 6) != 2) return NeighbourFrame::other;
+        if (load_be16(a + 6) != 2) return NeighbourFrame::other;
         if (!usable_mac(a + 8)) {
             out.why = "ARP reply with a multicast or zero sender MAC";
             return NeighbourFrame::malformed;

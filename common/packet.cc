@@ -47,9 +47,6 @@ constexpr std::array<std::string_view, static_cast<size_t>(DropReason::count_)> 
     "frame_too_long",
 };
 
-inline uint16_t load_be16(const uint8_t* p) noexcept {
-    return static_cast<uint16_t>((p[0] << 8) | p[1]);
-}
 inline uint32_t load_be32(const uint8_t* p) noexcept {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }

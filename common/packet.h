@@ -88,6 +88,13 @@ DropReason parse_packet(std::span<const uint8_t> frame, ParsedPacket& out) noexc
 DropReason parse_ip_packet(std::span<const uint8_t> packet, ParsedPacket& out) noexcept;
 
 // RFC 1071 ones' complement sum over `bytes`, folded, not inverted.
+// Big-endian (network order) 16-bit fields, for every parser and builder.
+inline uint16_t load_be16(const uint8_t* p) noexcept { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+inline void store_be16(uint8_t* p, uint16_t v) noexcept {
+    p[0] = static_cast<uint8_t>(v >> 8);
+    p[1] = static_cast<uint8_t>(v);
+}
+
 uint16_t ones_complement_sum(std::span<const uint8_t> bytes, uint32_t initial = 0) noexcept;
 
 // The same for a 20-byte IPv4 header (no options), inline: the per-packet case
