@@ -24,6 +24,7 @@ std::string_view counter_name(Counter c) noexcept {
         case Counter::conn_hit: return "conn_hit";
         case Counter::conn_table_full: return "conn_table_full";
         case Counter::conn_rehashed: return "conn_rehashed";
+        case Counter::conn_reopened: return "conn_reopened";
         case Counter::resets_sent: return "resets_sent";
         case Counter::reset_no_buffer: return "reset_no_buffer";
         case Counter::too_big_sent: return "too_big_sent";

@@ -34,6 +34,7 @@ enum class Counter : uint16_t {
     conn_hit,             // packets whose flow was in the connection table
     conn_table_full,      // new flow not tracked: table full (Maglev only)
     conn_rehashed,        // tracked flow whose backend is gone: chosen again
+    conn_reopened,        // SYN on a closed flow's tuple (ports reused): chosen afresh
     resets_sent,          // TCP resets for flows whose grant ended
     reset_no_buffer,      // the reset towards the backend had no spare buffer
     denial_samples_lost,  // sampled denials the ring to the main lcore did not take

@@ -3,12 +3,14 @@
 // verify --file`, `policy check` and stats work offline. Human output by
 // default, --json for scripts. Exit codes: 0 ok, 1 jitd refused the call or
 // the work failed, 2 bad command line, 3 jitd unreachable, 4 verification
-// failed (audit verify, inspect).
+// failed (audit verify, inspect), 5 a service change jitd saved that jitlb did
+// not confirm in time (--wait).
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -118,6 +120,50 @@ ordered_json call_ok(const Globals& g, const ordered_json& request) {
         throw CtlError(1, fmt::format("{} ({})", e.value("message", "refused"), e.value("code", "?")));
     }
     return reply;
+}
+
+// After a service or backend call: waits until jitlb applied the commands
+// jitd pushed for it (op service_sync), up to `seconds` (0: no wait). Adds
+// "applied" (and "applied_ms") to the reply and returns the phrase for people.
+// jitlb rejecting the change is exit 1, no answer in time exit 5; either way
+// jitd has stored the change.
+std::string wait_applied(const Globals& g, ordered_json& reply, double seconds) {
+    if (!reply.contains("sync")) return "";
+    const ordered_json sync = reply["sync"];
+    reply.erase("sync");
+    if (!sync.value("jitlb_attached", false) || sync["sequences"].empty()) {
+        reply["applied"] = "not_attached";
+        return "stored; jitlb is not attached: it gets this when it attaches";
+    }
+    if (seconds <= 0) {
+        reply["applied"] = "not_waited";
+        return "sent to jitlb";
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+        const ordered_json s = call_ok(
+            g, {{"op", "service_sync"}, {"session", sync["session"]}, {"sequences", sync["sequences"]}});
+        const std::string state = s.value("state", "");
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (state == "applied") {
+            reply["applied"] = "applied";
+            reply["applied_ms"] = std::round(ms * 10) / 10;
+            return fmt::format("applied by jitlb within {:.0f} ms", std::ceil(ms));
+        }
+        if (state == "rejected") {
+            throw CtlError(1, fmt::format("jitd stored the change but jitlb rejected it: {}", s.value("detail", "")));
+        }
+        if (state == "resent") {
+            reply["applied"] = "resent";
+            return "jitlb re-attached meanwhile and was sent every service again";
+        }
+        if (ms > seconds * 1000) {
+            throw CtlError(5, fmt::format("jitd stored the change, but jitlb did not confirm it within {} s "
+                                          "(see jitctl status); jitd sends it again when jitlb re-attaches",
+                                          seconds));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
 }
 
 int64_t duration_option(const std::string& text, const char* option) {
@@ -415,6 +461,13 @@ int main(int argc, char** argv) {
     }));
 
     // service
+    double wait_s = 5;
+    const auto add_wait = [&](CLI::App* sub) {
+        sub->add_option("--wait", wait_s,
+                        "seconds to wait until jitlb confirms it applied the change (0: do not wait)")
+            ->capture_default_str()
+            ->check(CLI::Range(0.0, 600.0));
+    };
     auto* service = app.add_subcommand("service", "define services (administrators)");
     service->require_subcommand(1);
     auto* s_add = service->add_subcommand("add", "add (or --replace) a service");
@@ -424,6 +477,7 @@ int main(int argc, char** argv) {
     uint32_t sa_table = 65537;
     bool sa_echo = false, sa_replace = false;
     s_add->add_option("NAME", sa_name)->required();
+    add_wait(s_add);
     s_add->add_option("--vip", sa_vips, "ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp or [2001:db8::10]:443/tcp; "
                                         "without a port (203.0.113.10/udp): every packet of the protocol to the "
                                         "address, fragments too, hashed on source, VIP and protocol")->required();
@@ -437,18 +491,21 @@ int main(int argc, char** argv) {
                           {"vips", ordered_json::array()}};
         if (sa_gue_port) spec["gue_port"] = sa_gue_port;
         for (const auto& v : sa_vips) spec["vips"].push_back(parse_vip(v));
-        const ordered_json reply = call_ok(g, {{"op", "service_add"}, {"service", spec}, {"replace", sa_replace}});
+        ordered_json reply = call_ok(g, {{"op", "service_add"}, {"service", spec}, {"replace", sa_replace}});
+        const std::string applied = wait_applied(g, reply, wait_s);
         if (g.json_out) return print_json(reply), 0;
-        fmt::print("service {} set\n", sa_name);
+        fmt::print("service {} set ({})\n", sa_name, applied);
         return 0;
     }));
     auto* s_rm = service->add_subcommand("rm", "remove a service");
     std::string sr_name;
     s_rm->add_option("NAME", sr_name)->required();
+    add_wait(s_rm);
     s_rm->callback(run([&] {
-        const ordered_json reply = call_ok(g, {{"op", "service_rm"}, {"service", sr_name}});
+        ordered_json reply = call_ok(g, {{"op", "service_rm"}, {"service", sr_name}});
+        const std::string applied = wait_applied(g, reply, wait_s);
         if (g.json_out) return print_json(reply), 0;
-        fmt::print("service {} removed\n", sr_name);
+        fmt::print("service {} removed ({})\n", sr_name, applied);
         return 0;
     }));
     auto* s_ls = service->add_subcommand("ls", "list services");
@@ -479,12 +536,14 @@ int main(int argc, char** argv) {
     b_add->add_option("ADDRESS", b_address)->required();
     b_add->add_option("--weight", b_weight)->capture_default_str();
     b_add->add_option("--mac", b_mac, "the backend's MAC (L2 DSR)");
+    add_wait(b_add);
     b_add->callback(run([&] {
         ordered_json b{{"id", b_id}, {"address", b_address}, {"weight", b_weight}};
         if (!b_mac.empty()) b["mac"] = b_mac;
-        const ordered_json reply = call_ok(g, {{"op", "backend_add"}, {"service", b_service}, {"backend", b}});
+        ordered_json reply = call_ok(g, {{"op", "backend_add"}, {"service", b_service}, {"backend", b}});
+        const std::string applied = wait_applied(g, reply, wait_s);
         if (g.json_out) return print_json(reply), 0;
-        fmt::print("backend {} added to {}\n", b_id, b_service);
+        fmt::print("backend {} added to {} ({})\n", b_id, b_service, applied);
         return 0;
     }));
     bool b_undo = false;
@@ -495,12 +554,14 @@ int main(int argc, char** argv) {
         sub->add_option("SERVICE", b_service)->required();
         sub->add_option("ID", b_id)->required();
         if (op == "drain") sub->add_flag("--undo", b_undo, "take new flows again");
+        add_wait(sub);
         sub->callback(run([&, op] {
-            const ordered_json reply =
+            ordered_json reply =
                 call_ok(g, {{"op", "backend_" + op}, {"service", b_service}, {"id", b_id}, {"undrain", b_undo}});
+            const std::string applied = wait_applied(g, reply, wait_s);
             if (g.json_out) return print_json(reply), 0;
-            fmt::print("backend {} of {}: {}\n", b_id, b_service,
-                       op == "rm" ? "removed" : b_undo ? "takes new flows again" : "draining");
+            fmt::print("backend {} of {}: {} ({})\n", b_id, b_service,
+                       op == "rm" ? "removed" : b_undo ? "takes new flows again" : "draining", applied);
             return 0;
         }));
     }
@@ -508,11 +569,13 @@ int main(int argc, char** argv) {
     b_w->add_option("SERVICE", b_service)->required();
     b_w->add_option("ID", b_id)->required();
     b_w->add_option("WEIGHT", b_weight)->required();
+    add_wait(b_w);
     b_w->callback(run([&] {
-        const ordered_json reply =
+        ordered_json reply =
             call_ok(g, {{"op", "backend_weight"}, {"service", b_service}, {"id", b_id}, {"weight", b_weight}});
+        const std::string applied = wait_applied(g, reply, wait_s);
         if (g.json_out) return print_json(reply), 0;
-        fmt::print("backend {} of {}: weight {}\n", b_id, b_service, b_weight);
+        fmt::print("backend {} of {}: weight {} ({})\n", b_id, b_service, b_weight, applied);
         return 0;
     }));
     auto* b_ls = backend->add_subcommand("ls", "list a service's backends");

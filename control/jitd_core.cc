@@ -9,6 +9,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <sodium.h>
 
 #include "duration.h"
 #include "service_spec.h"
@@ -173,6 +174,7 @@ Jitd::Jitd(JitdConfig config, std::optional<IssuerSecretKey> issuer, std::unique
       now_(std::move(now)) {
     started_ms_ = now_();
     push_sequence_ = store_->counter("push_sequence");
+    forget_outcomes();
     // Services declared in the config file are the config's: they replace
     // what the store holds under the same name.
     for (const ServiceSpec& spec : config_.services) {
@@ -305,6 +307,7 @@ ordered_json Jitd::dispatch(const json& req, const Caller& c) {
     if (op == "service_ls") return op_service(req, c, op);
     if (op == "audit_tail") return op_audit_tail(req, c);
     if (op == "audit_verify") return op_audit_verify(c);
+    if (op == "service_sync") return op_service_sync(req, c);
     // Everything below changes state: rate-limited per uid.
     rate_limit(c);
     if (op == "request") return op_request(req, c);
@@ -774,11 +777,59 @@ ordered_json Jitd::op_push(const json& req, const Caller& c) {
     return {{"grant", grant_json(store_->grant(id).value_or(g))}};
 }
 
+void Jitd::forget_outcomes() {
+    command_outcomes_.clear();
+    randombytes_buf(&sync_session_, sizeof sync_session_);
+}
+
+bool Jitd::send_tracked(const Message& message, SendResult* result) {
+    const SendResult sent = link_->send(message);
+    if (sent.ok()) pushed_.push_back(sent.ring.sequence);
+    if (result != nullptr) *result = sent;
+    return sent.ok();
+}
+
+ordered_json Jitd::sync_of_push() const {
+    ordered_json j;
+    j["session"] = fmt::format("{:016x}", sync_session_);
+    j["sequences"] = pushed_;
+    j["jitlb_attached"] = link_ != nullptr && link_->attached();
+    return j;
+}
+
+// Whether jitlb has applied the commands a service call pushed: "applied",
+// "rejected" (with jitlb's reason), "pending", or "resent" when jitlb restarted
+// or re-attached since (it was sent everything again; the sequences no longer
+// name anything).
+ordered_json Jitd::op_service_sync(const json& req, const Caller& c) {
+    require_admin(c, "service_sync");
+    const std::string session = str_field(req, "session", true);
+    if (!req.contains("sequences") || !req.at("sequences").is_array() || req.at("sequences").size() > 16) {
+        throw ApiError("bad_request", "'sequences' must be an array of at most 16 command sequences");
+    }
+    if (session != fmt::format("{:016x}", sync_session_)) {
+        return {{"state", "resent"},
+                {"detail", "jitd or jitlb restarted, or jitlb re-attached, since: jitlb was sent every "
+                           "service again"}};
+    }
+    std::string state = "applied", detail;
+    for (const auto& v : req.at("sequences")) {
+        if (!v.is_number_unsigned()) throw ApiError("bad_request", "a command sequence is a number");
+        const auto it = command_outcomes_.find(v.get<uint64_t>());
+        if (it == command_outcomes_.end()) {
+            state = "pending";
+        } else if (!it->second.empty()) {
+            return {{"state", "rejected"}, {"detail", it->second}};
+        }
+    }
+    return {{"state", state}, {"detail", detail}};
+}
+
 bool Jitd::push_service(const ServiceSpec& spec) {
     if (!link_) return false;
     for (const Message& m : {Message{service_set_of(spec)}, Message{backend_set_of(spec)}}) {
-        const SendResult sent = link_->send(m);
-        if (!sent.ok()) {
+        SendResult sent;
+        if (!send_tracked(m, &sent)) {
             // Pushed again, with everything else, once jitlb is attached.
             reconcile_pending_ = true;
             log(fmt::format("service {} not pushed yet ({}): it is pushed when jitlb attaches",
@@ -810,8 +861,9 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
         const std::string text = service_to_json(*spec).dump();
         commit({actor_of(c), "service.set", spec->name, "ok", reason, {{"service", service_to_json(*spec)}}},
                [&] { store_->put_service({spec->name, text}); });
+        pushed_.clear();
         push_service(*spec);
-        return {{"service", service_to_json(*spec)}};
+        return {{"service", service_to_json(*spec)}, {"sync", sync_of_push()}};
     }
     const std::string name = str_field(req, "service", true);
     auto spec = load_service(name);
@@ -824,8 +876,9 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
     if (op == "service_rm") {
         commit({actor_of(c), "service.delete", name, "ok", reason, ordered_json::object()},
                [&] { store_->delete_service(name); });
-        if (link_) link_->send(ServiceDelete{name});
-        return {{"deleted", name}};
+        pushed_.clear();
+        if (link_) send_tracked(ServiceDelete{name});
+        return {{"deleted", name}, {"sync", sync_of_push()}};
     }
     ServiceSpec next = *spec;
     std::string action;
@@ -864,8 +917,9 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
     const std::string text = service_to_json(next).dump();
     commit({actor_of(c), action, name, "ok", reason, {{"backends", service_to_json(next)["backends"]}}},
            [&] { store_->put_service({name, text}); });
+    pushed_.clear();
     push_service(next);
-    return {{"service", service_to_json(next)}};
+    return {{"service", service_to_json(next)}, {"sync", sync_of_push()}};
 }
 
 ordered_json Jitd::op_audit_tail(const json& req, const Caller& c) {
@@ -1027,6 +1081,10 @@ void Jitd::expire_due() {
 
 void Jitd::on_event(const DecodedMessage& event) {
     const int64_t now = now_();
+    const auto record_outcome = [&](uint64_t sequence, std::string outcome) {
+        command_outcomes_[sequence] = std::move(outcome);
+        while (command_outcomes_.size() > kMaxOutcomes) command_outcomes_.erase(command_outcomes_.begin());
+    };
     const auto update = [&](const GrantId& id, const std::function<void(GrantRow&)>& change,
                             const std::string& action, const std::string& result,
                             const std::string& reason, bool quiet_repeat = false) {
@@ -1112,7 +1170,11 @@ void Jitd::on_event(const DecodedMessage& event) {
                              {"not_logged_before", denials_not_logged_}};
                 denials_not_logged_ = 0;
                 commit(ev, [] {});
+            } else if constexpr (std::is_same_v<T, ServiceApplied>) {
+                record_outcome(e.command_sequence, "");
             } else if constexpr (std::is_same_v<T, CommandRejected>) {
+                record_outcome(e.command_sequence, fmt::format("{}: {}", command_reject_reason_name(e.reason),
+                                                               e.text));
                 commit({"jitlb", "command.rejected", std::string(message_type_name(e.command_type)),
                         std::string(command_reject_reason_name(e.reason)), e.text,
                         {{"command_sequence", e.command_sequence}}},
@@ -1124,7 +1186,6 @@ void Jitd::on_event(const DecodedMessage& event) {
                         {{"keys", e.key_count}, {"grants_ended", e.grants_ended}}},
                        [] {});
             }
-            // ServiceApplied: acknowledged; the store already holds the service.
         },
         event.message);
 }
@@ -1147,6 +1208,7 @@ void Jitd::resend_unsent_revocations(int64_t now) {
 
 void Jitd::tick() {
     const int64_t now = now_();
+    pushed_.clear();  // what reconcile() pushes is no call's to wait for
     std::string error;
     // Each step on its own: one that cannot write (a full disk) must not keep
     // the others, revocations above all, from running.
@@ -1175,6 +1237,7 @@ void Jitd::tick() {
         // should hold goes again, once jitlb is attached to our ring (before
         // that, every push is refused as not_attached).
         if (s.epoch_changed) {
+            forget_outcomes();
             reconcile_pending_ = true;
             reconcile_why_ = fmt::format("jitlb epoch {:016x} (pid {})", s.epoch, s.writer_pid);
         }
@@ -1183,6 +1246,7 @@ void Jitd::tick() {
         } else {
             if (!was_attached_) {
                 was_attached_ = true;
+                forget_outcomes();
                 reconcile_pending_ = true;
                 if (reconcile_why_.empty()) reconcile_why_ = "jitlb attached to the command ring";
             }

@@ -95,6 +95,10 @@ class Jitd {
     ordered_json op_service(const json& req, const Caller& caller, const std::string& op);
     ordered_json op_audit_tail(const json& req, const Caller& caller);
     ordered_json op_audit_verify(const Caller& caller);
+    ordered_json op_service_sync(const json& req, const Caller& caller);
+    // What a service call's answer carries so the caller can wait for jitlb:
+    // the sequences of the commands it pushed (see op_service_sync).
+    ordered_json sync_of_push() const;
 
     void require_admin(const Caller& caller, std::string_view what) const;
     void rate_limit(const Caller& caller);
@@ -125,6 +129,9 @@ class Jitd {
                    const std::string& actor, const std::string& why,
                    std::vector<AuditEvent> before = {}, const std::function<void()>& also = {});
     bool push_service(const ServiceSpec& spec);
+    // A command for jitlb, its sequence kept in pushed_ for sync_of_push().
+    bool send_tracked(const Message& message, SendResult* result = nullptr);
+    void forget_outcomes();
     void reconcile(const std::string& why);
     void resend_unsent_revocations(int64_t now);
     void push_due_grants();
@@ -147,6 +154,14 @@ class Jitd {
     std::string reconcile_why_;
     int64_t last_retry_ms_ = 0;
     int64_t push_sequence_ = 0;
+    // Service commands jitlb answered, by command sequence: "" applied, else why
+    // it rejected the command. Sequences count per command-ring epoch, so the
+    // map starts again (with a new sync_session_) when jitlb restarts or
+    // re-attaches; it keeps the last kMaxOutcomes answers.
+    std::map<uint64_t, std::string> command_outcomes_;
+    uint64_t sync_session_ = 0;
+    std::vector<uint64_t> pushed_;  // sequences the current call pushed
+    static constexpr size_t kMaxOutcomes = 4096;
     struct Bucket {
         double tokens = 0;
         int64_t at_ms = 0;

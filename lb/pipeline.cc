@@ -13,7 +13,9 @@ namespace jitlb::lb {
 namespace {
 
 constexpr uint8_t kTcpFin = 0x01;
+constexpr uint8_t kTcpSyn = 0x02;
 constexpr uint8_t kTcpRst = 0x04;
+constexpr uint8_t kTcpAck = 0x10;
 constexpr uint8_t kProtoIcmp = 1;
 constexpr uint8_t kProtoIcmpv6 = 58;
 constexpr uint32_t kConnProbe = 8;  // slots a flow may sit from its home
@@ -781,10 +783,20 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
         }
         const uint64_t hash = hashes[k];
         // A FIN or RST ends a TCP flow's entry early, not a 3-tuple one's.
-        const bool closing = (p.tcp_flags & (kTcpFin | kTcpRst)) != 0 && ((three_tuple >> i) & 1) == 0;
+        const bool five_tuple = ((three_tuple >> i) & 1) == 0;
+        const bool closing = (p.tcp_flags & (kTcpFin | kTcpRst)) != 0 && five_tuple;
         uint32_t backend = 0;
         ConnTable::Entry* e = conns_.find(p.flow, hash, now);
-        if (e != nullptr && e->service_id == svc.id) {
+        // A SYN on the tuple of a flow that ended (FIN or RST seen) is a new
+        // connection reusing the client's ports: balanced afresh like any new
+        // flow, so it avoids a backend drained or weighted down meanwhile.
+        bool reopened = false;
+        if (e != nullptr && e->closing && five_tuple && p.flow.proto == 6 && !p.icmp_error &&
+            (p.tcp_flags & (kTcpSyn | kTcpAck | kTcpRst | kTcpFin)) == kTcpSyn) {
+            reopened = true;
+            counters_.add(Counter::conn_reopened);
+        }
+        if (e != nullptr && e->service_id == svc.id && !reopened) {
             counters_.add(Counter::conn_hit);
             backend = tracked_backend(*e, svc, hash);
             if (backend == kNoBackend) {
@@ -802,7 +814,8 @@ void Pipeline::process_burst(std::span<PacketBuf> pkts, const ServiceSnapshot& s
             // ICMP errors follow their inner flow by hash and add no entry.
             if (!p.icmp_error) {
                 // The flow's entry belongs to a service that no longer holds
-                // this VIP: take it over rather than add a second one.
+                // this VIP, or to the connection this one reuses the ports of:
+                // take it over rather than add a second one.
                 if (e != nullptr) {
                     *e = ConnTable::Entry{};
                     e->flow = p.flow;

@@ -265,9 +265,17 @@ slice_us = 200
         rc, _, _ = ctl("backend", "add", "db", bid, addr)
         check(rc == 0, f"backend add db {bid}")
     rc, out, _ = ctl("backend", "drain", "db", "d1")
-    check(rc == 0 and "draining" in out, "backend drain")
+    if JITLB:
+        check(rc == 0 and "draining (applied by jitlb within" in out, f"backend drain waits for jitlb ({out.strip()})")
+        # What jitctl confirmed is in jitlb's state file already: nothing to wait for.
+        rc, j, _ = ctl_json("stats", "--state-file", f"{WORK}/jitlb-e2e.state", "--owner", "root")
+        check(rc == 0 and j.get("backends", {}).get("db", {}).get("d1", {}).get("weight") == 0,
+              "when backend drain returns, jitlb's state shows d1 at weight 0")
+    else:
+        check(rc == 0 and "draining (stored; jitlb is not attached" in out, f"backend drain without jitlb ({out.strip()})")
     rc, j, _ = ctl_json("backend", "weight", "db", "d2", "3")
-    check(rc == 0 and j["service"]["backends"][1]["weight"] == 3, "backend weight (json)")
+    check(rc == 0 and j["service"]["backends"][1]["weight"] == 3 and
+          j.get("applied") == ("applied" if JITLB else "not_attached"), f"backend weight (json): applied {j.get('applied')}")
     rc, j, _ = ctl_json("backend", "ls", "db")
     check(rc == 0 and j["backends"][0]["draining"] is True, "backend ls shows the drain")
     rc, out, _ = ctl("backend", "ls", "db")

@@ -276,3 +276,80 @@ TEST_CASE("denial samples reach the audit log at most denial_samples_per_s lines
     }
     CHECK(n.audit_lines("denial.sample").size() == 12 * kDenialCap);
 }
+
+TEST_CASE("a service call names the commands it pushed; service_sync answers pending until jitlb "
+          "applied them, then applied, rejected with jitlb's reason, or resent after a restart",
+          "[jitd_jitlb]") {
+    Node n;
+    n.lb_config.service_capacity = 2;  // web and one more
+    n.start_jitlb();
+    n.start_jitd();
+    n.run();
+    const auto sync_state = [&](const json& reply) {
+        const auto& sync = reply.at("sync");
+        const auto s = n.jitd->handle(
+            {{"op", "service_sync"}, {"session", sync.at("session")}, {"sequences", sync.at("sequences")}}, kRoot);
+        INFO(s.dump());
+        REQUIRE(s.at("ok") == true);
+        return std::pair<std::string, std::string>{s.at("state"), s.value("detail", "")};
+    };
+
+    auto reply = n.jitd->handle({{"op", "backend_drain"}, {"service", "web"}, {"id", "w1"}}, kRoot);
+    INFO(reply.dump());
+    REQUIRE(reply.at("ok") == true);
+    CHECK(reply.at("sync").at("jitlb_attached") == true);
+    CHECK(reply.at("sync").at("sequences").size() == 2);  // service_set and backend_set
+    CHECK(sync_state(reply).first == "pending");
+    n.run(2);
+    CHECK(sync_state(reply).first == "applied");
+    const lb::Service* web = n.services->find_by_name("web");
+    REQUIRE(web != nullptr);
+    CHECK(web->backends.at(0).weight == 0);
+
+    // A second service fits; a third does not: jitd stores it, jitlb refuses it.
+    auto db = n.jitd->handle({{"op", "service_add"},
+                              {"service", {{"name", "db"}, {"vips", {{{"address", "203.0.113.20"}, {"port", 5432},
+                                                                      {"protocol", "tcp"}}}}}}},
+                             kRoot);
+    INFO(db.dump());
+    REQUIRE(db.at("ok") == true);
+    n.run(2);
+    CHECK(sync_state(db).first == "applied");
+    auto mq = n.jitd->handle({{"op", "service_add"},
+                              {"service", {{"name", "mq"}, {"vips", {{{"address", "203.0.113.30"}, {"port", 5672},
+                                                                      {"protocol", "tcp"}}}}}}},
+                             kRoot);
+    REQUIRE(mq.at("ok") == true);
+    n.run(2);
+    const auto [state, detail] = sync_state(mq);
+    CHECK(state == "rejected");
+    CHECK(detail.find("service_map_full") != std::string::npos);
+
+    // The sequences name commands of one command-ring epoch: after a jitlb
+    // restart jitd sends everything again and the old ones name nothing.
+    auto undo = n.jitd->handle({{"op", "backend_drain"}, {"service", "web"}, {"id", "w1"}, {"undrain", true}}, kRoot);
+    REQUIRE(undo.at("ok") == true);
+    n.loop.reset();
+    n.start_jitlb();
+    n.run();
+    CHECK(sync_state(undo).first == "resent");
+    CHECK(n.services->find_by_name("web")->backends.at(0).weight == 1);
+
+    // The new epoch's calls are answered again.
+    auto weight = n.jitd->handle({{"op", "backend_weight"}, {"service", "web"}, {"id", "w1"}, {"weight", 2}}, kRoot);
+    REQUIRE(weight.at("ok") == true);
+    n.run(2);
+    CHECK(sync_state(weight).first == "applied");
+    CHECK(n.services->find_by_name("web")->backends.at(0).weight == 2);
+
+    // Bad calls are refused, not answered "applied".
+    const json session = weight.at("sync").at("session");
+    CHECK(n.jitd->handle({{"op", "service_sync"}, {"session", session}}, kRoot).at("ok") == false);
+    CHECK(n.jitd->handle({{"op", "service_sync"}, {"session", session}, {"sequences", {"a"}}}, kRoot).at("ok") ==
+          false);
+    CHECK(n.jitd->handle({{"op", "service_sync"}, {"session", session}, {"sequences", json::array()}}, kRoot)
+              .at("ok") == true);
+    const Caller nobody{65534, 65534, "nobody", {"nogroup"}};
+    CHECK(n.jitd->handle({{"op", "service_sync"}, {"session", session}, {"sequences", {1}}}, nobody).at("ok") ==
+          false);
+}

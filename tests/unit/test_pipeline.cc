@@ -1161,6 +1161,69 @@ TEST_CASE("a tracked flow to a backend that starts draining keeps its backend",
     }
 }
 
+// The frames of `fs` with the given TCP flags; the backend each went to (0: not sent).
+std::vector<int> send_flagged(TestNode& n, const std::vector<Flow>& fs, uint8_t tcp_flags) {
+    std::vector<Buf> bufs;
+    bufs.reserve(fs.size());
+    for (const Flow& f : fs) bufs.emplace_back(f.frame(tcp_flags));
+    const std::vector<Action> actions = n.process_with(*n.pipeline, bufs);
+    std::vector<int> backends;
+    for (size_t i = 0; i < bufs.size(); ++i) {
+        const uint8_t* dst = bufs[i].pkt.data + 14 + 16;
+        backends.push_back(actions[i] != Action::transmit ? 0 : dst[0] == 172 && dst[2] == 1 ? dst[3] : -1);
+    }
+    return backends;
+}
+
+TEST_CASE("a SYN reusing the ports of a closed flow is a new connection: it avoids a draining backend",
+          "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3, 4, 5});
+    const std::vector<Flow> fs = flows(5'000);
+    const std::vector<int> before = send_flagged(n, fs, 0x02);  // SYN
+    REQUIRE(std::count(before.begin(), before.end(), 0) == 0);
+    const size_t on_3 = static_cast<size_t>(std::count(before.begin(), before.end(), 3));
+    REQUIRE(on_3 > 700);
+    CHECK(send_flagged(n, fs, 0x11) == before);  // FIN, ACK: the connections end
+    n.apply(pool_backends({1, 2, 3, 4, 5}, /*draining=*/{3}));
+    const Service& pool = n.service("pool");
+
+    SECTION("a SYN after FIN is balanced afresh, by the table as it is now") {
+        const std::vector<int> again = send_flagged(n, fs, 0x02);
+        for (size_t i = 0; i < fs.size(); ++i) REQUIRE(again[i] == model_backend(pool, fs[i]));
+        CHECK(std::count(again.begin(), again.end(), 3) == 0);
+        CHECK(n.get(Counter::conn_reopened) == 5'000);
+        CHECK(n.get(Counter::conn_new) == 10'000);
+        // The new connection's entry is live again, not closing: its data stays put.
+        CHECK(send_flagged(n, fs, 0x10) == again);
+        CHECK(n.get(Counter::conn_reopened) == 5'000);
+    }
+    SECTION("the FIN's own retransmission, an ACK or a RST still follow the old connection") {
+        CHECK(send_flagged(n, fs, 0x11) == before);
+        CHECK(send_flagged(n, fs, 0x10) == before);
+        CHECK(send_flagged(n, fs, 0x04) == before);
+        CHECK(n.get(Counter::conn_reopened) == 0);
+    }
+    SECTION("a SYN-ACK or SYN-FIN on a closed tuple is no new connection") {
+        CHECK(send_flagged(n, fs, 0x12) == before);
+        CHECK(send_flagged(n, fs, 0x03) == before);
+        CHECK(n.get(Counter::conn_reopened) == 0);
+    }
+}
+
+TEST_CASE("a retransmitted SYN of a live flow keeps its backend, draining or not",
+          "[pipeline][maglev][drain]") {
+    TestNode n(roomy_conn_table());
+    add_pool(n, {1, 2, 3, 4, 5});
+    const std::vector<Flow> fs = flows(5'000);
+    const std::vector<int> before = send_flagged(n, fs, 0x02);
+    REQUIRE(std::count(before.begin(), before.end(), 3) > 700);
+    n.apply(pool_backends({1, 2, 3, 4, 5}, /*draining=*/{3}));
+    CHECK(send_flagged(n, fs, 0x02) == before);
+    CHECK(n.get(Counter::conn_reopened) == 0);
+    CHECK(n.get(Counter::conn_hit) == 5'000);
+}
+
 TEST_CASE(
     "a service whose backends all drain drops new flows with service_down but keeps tracked ones",
     "[pipeline][maglev][drain]") {
