@@ -216,14 +216,22 @@ Outcome forward_encap(ForwardContext& ctx, const EncapParams& params, ForwardJob
         return Outcome::dropped;
     }
     uint8_t* start = job.pkt.data + l3 - hdr;
-    const EncapError err = write_encap_headers({start, hdr}, {job.pkt.data + l3, inner_len}, job.backend.address,
-                                               job.hash, params);
-    if (err != EncapError::ok) {
-        ctx.counters.add(Counter::drop_encap_failed);
-        return Outcome::dropped;
+    if (params.kind == EncapKind::ipip && job.backend.address.version == IpVersion::v4 &&
+        (job.pkt.data[l3] >> 4) == 4) {
+        // IPv4 in IPv4: the parser checked the inner header, the MTU check above
+        // bounds its length.
+        write_ipip4_headers(start, job.pkt.data + l3, inner_len, job.backend.address.bytes.data(), next_hop,
+                            params, job.hash);
+    } else {
+        const EncapError err = write_encap_headers({start, hdr}, {job.pkt.data + l3, inner_len},
+                                                   job.backend.address, job.hash, params);
+        if (err != EncapError::ok) {
+            ctx.counters.add(Counter::drop_encap_failed);
+            return Outcome::dropped;
+        }
+        const MacAddress dst = next_hop_mac(next_hop);
+        std::memcpy(start, dst.data(), dst.size());
     }
-    const MacAddress dst = next_hop_mac(next_hop);
-    std::memcpy(start, dst.data(), dst.size());
     // The buffer [data - headroom, data + len + tailroom) stays where it is;
     // Ethernet padding after the IP packet goes with the old length.
     const uint32_t capacity = job.pkt.headroom + job.pkt.len + job.pkt.tailroom;
