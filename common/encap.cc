@@ -4,8 +4,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <cstring>
-
 #include "packet.h"
 
 namespace jitlb {
@@ -58,11 +56,7 @@ IpAddress outer_source(const SourcePrefix& prefix, uint64_t flow_hash) noexcept 
         low = __builtin_bswap64((__builtin_bswap64(low) & ~mask) | (flow_hash & mask));
         std::memcpy(a.bytes.data() + 8, &low, 8);
     } else {
-        const unsigned host = 32 - std::min<unsigned>(prefix.prefix_len, 32);
-        const uint32_t mask = host >= 32 ? ~uint32_t{0} : (uint32_t{1} << host) - 1;
-        uint32_t word;
-        std::memcpy(&word, a.bytes.data(), 4);
-        word = __builtin_bswap32((__builtin_bswap32(word) & ~mask) | (static_cast<uint32_t>(flow_hash) & mask));
+        const uint32_t word = __builtin_bswap32(outer_source_v4(prefix, flow_hash));
         std::memcpy(a.bytes.data(), &word, 4);
     }
     return a;

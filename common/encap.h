@@ -14,8 +14,8 @@
 #pragma once
 
 #include <array>
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -78,6 +78,15 @@ EncapError write_encap_headers(std::span<uint8_t> headers, std::span<const uint8
 // from the flow hash.
 IpAddress outer_source(const SourcePrefix& prefix, uint64_t flow_hash) noexcept;
 
+// outer_source of an IPv4 prefix as a host-order number: both writers use it.
+inline uint32_t outer_source_v4(const SourcePrefix& prefix, uint64_t flow_hash) noexcept {
+    const unsigned host = 32 - std::min<unsigned>(prefix.prefix_len, 32);
+    const uint32_t mask = host >= 32 ? ~uint32_t{0} : (uint32_t{1} << host) - 1;
+    uint32_t base_be;
+    std::memcpy(&base_be, prefix.base.bytes.data(), 4);
+    return (__builtin_bswap32(base_be) & ~mask) | (static_cast<uint32_t>(flow_hash) & mask);
+}
+
 // IP-in-IP of an IPv4 packet to an IPv4 backend, the data plane's common case:
 // the same 34 bytes write_encap_headers writes for it (a unit test compares
 // the two), without its checks and branches. `start` is the 34 bytes right
@@ -93,12 +102,7 @@ inline void write_ipip4_headers(uint8_t* start, const uint8_t* inner, uint32_t i
     std::memcpy(start + 6, params.src_mac.data(), 6);
     start[12] = 0x08;
     start[13] = 0x00;
-    // The outer source: the prefix's host bits from the flow hash (outer_source).
-    const unsigned host = 32 - std::min<unsigned>(params.source_v4.prefix_len, 32);
-    const uint32_t host_mask = host >= 32 ? ~uint32_t{0} : (uint32_t{1} << host) - 1;
-    uint32_t base_be;
-    std::memcpy(&base_be, params.source_v4.base.bytes.data(), 4);
-    const uint32_t src = (__builtin_bswap32(base_be) & ~host_mask) | (static_cast<uint32_t>(flow_hash) & host_mask);
+    const uint32_t src = outer_source_v4(params.source_v4, flow_hash);
     uint32_t dst_be;
     std::memcpy(&dst_be, backend_v4, 4);
     const uint32_t dst = __builtin_bswap32(dst_be);

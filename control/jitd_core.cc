@@ -278,6 +278,7 @@ ordered_json Jitd::storage_error(const json& request, const std::string& what) {
 }
 
 ordered_json Jitd::handle(const json& request, const Caller& caller) {
+    pushed_.clear();  // sync_of_push() names this call's pushes only
     try {
         if (!request.is_object()) throw ApiError("bad_request", "a call is a JSON object with an 'op'");
         ordered_json out = dispatch(request, caller);
@@ -861,7 +862,6 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
         const std::string text = service_to_json(*spec).dump();
         commit({actor_of(c), "service.set", spec->name, "ok", reason, {{"service", service_to_json(*spec)}}},
                [&] { store_->put_service({spec->name, text}); });
-        pushed_.clear();
         push_service(*spec);
         return {{"service", service_to_json(*spec)}, {"sync", sync_of_push()}};
     }
@@ -876,7 +876,6 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
     if (op == "service_rm") {
         commit({actor_of(c), "service.delete", name, "ok", reason, ordered_json::object()},
                [&] { store_->delete_service(name); });
-        pushed_.clear();
         if (link_) send_tracked(ServiceDelete{name});
         return {{"deleted", name}, {"sync", sync_of_push()}};
     }
@@ -917,7 +916,6 @@ ordered_json Jitd::op_service(const json& req, const Caller& c, const std::strin
     const std::string text = service_to_json(next).dump();
     commit({actor_of(c), action, name, "ok", reason, {{"backends", service_to_json(next)["backends"]}}},
            [&] { store_->put_service({name, text}); });
-    pushed_.clear();
     push_service(next);
     return {{"service", service_to_json(next)}, {"sync", sync_of_push()}};
 }

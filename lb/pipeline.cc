@@ -20,7 +20,6 @@ constexpr uint8_t kProtoIcmp = 1;
 constexpr uint8_t kProtoIcmpv6 = 58;
 constexpr uint32_t kConnProbe = 8;  // slots a flow may sit from its home
 
-
 inline uint32_t load_be32(const uint8_t* p) noexcept {
     return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
 }
