@@ -429,13 +429,20 @@ class GrantTableWriter {
     bool id_index_put(const GrantId& id, uint32_t entry);  // false: already there
     void id_index_erase(const GrantId& id);
     std::optional<uint32_t> id_index_find(const GrantId& id) const noexcept;
+    uint64_t id_index_hash(const GrantId& id) const noexcept;
+    uint64_t id_index_home(uint64_t hash) const noexcept;
     GrantId detail_grant_id(uint32_t entry) const noexcept;
     static Key3 pack(const GrantKey& key) noexcept;
     bool rebuild(const GrantTableMacKey& key, ReopenReport& report, const ReopenOptions& options);
+    void prefetch_for_reopen(uint64_t slot, uint64_t slots, bool ids) const noexcept;
 
     GrantTableReader reader_;
     GrantTableConfig config_;
-    GrantTableMacKey mac_key_{};
+    // BLAKE2b keyed with the MAC key, after its key block: each MAC copies
+    // it and hashes one block (a keyed crypto_generichash hashes two). A
+    // libsodium crypto_generichash_state, opaque here; the key itself is not kept.
+    alignas(64) std::array<unsigned char, 384> mac_state_{};
+    void set_mac_key(const GrantTableMacKey& key) noexcept;
     std::byte* header_ = nullptr;
     std::byte* revoked_header_ = nullptr;
     uint64_t* hot_ = nullptr;
@@ -455,7 +462,8 @@ class GrantTableWriter {
     bool prune_wrapped_ = false;
     std::vector<uint32_t> slot_of_entry_;  // kNoEntry: free
     std::vector<uint32_t> free_entries_;
-    std::vector<uint32_t> id_index_;  // entry + 1, 0 = empty
+    std::vector<uint64_t> id_index_;  // hash bits | entry + 1, 0 = empty (see id_index_put)
+    unsigned id_index_shift_ = 64;    // a hash's position: hash >> shift
     std::vector<uint32_t> prefix_counts_;  // (service, v4 0..32 | v6 0..128)
     std::vector<uint64_t> overflow_check_;  // homes whose overflow bit may be stale
     GrantTableStats counters_;

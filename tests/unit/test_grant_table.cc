@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <sodium.h>
 
 #include "flow_hash.h"
 #include "grant_table.h"
@@ -112,6 +113,41 @@ LookupKind kind(Table& t, const LookupKey& k, uint64_t now) { return t.r().looku
 uint64_t* writable(const uint64_t* p) { return const_cast<uint64_t*>(p); }
 
 }  // namespace
+
+TEST_CASE("grant table: the entry MAC is keyed BLAKE2b-256 of the domain and the entry's fields, "
+          "as earlier builds wrote it") {
+    // Written out independently of compute_mac, so that a faster MAC that
+    // changed the result (and so refused every entry of an existing state
+    // file at reopen) fails here.
+    Table t;
+    GrantEntry e = grant(key(3, "2001:db8::7", 64), 77, -5, 1'700'000'000'000);
+    std::vector<uint8_t> in;
+    const auto put = [&](const void* p, size_t n) {
+        const auto* b = static_cast<const uint8_t*>(p);
+        in.insert(in.end(), b, b + n);
+    };
+    put("jitlb-grant-table-entry-v1", 27);  // the NUL included
+    const uint8_t k[4] = {3, 0, static_cast<uint8_t>(IpVersion::v6), 64};
+    put(k, 4);
+    put(e.key.address.data(), 16);
+    put(e.grant_id.data(), 16);
+    put(e.issuer_key_id.data(), 8);
+    put(&e.not_before_ms, 8);  // little-endian on every target jitlb builds for
+    put(&e.not_after_ms, 8);
+    put(e.record_hash.data(), 32);
+    REQUIRE(in.size() == 119);
+    EntryMac expected;
+    crypto_generichash(expected.data(), expected.size(), in.data(), in.size(), kKey.data(), kKey.size());
+    CHECK(t.w().entry_mac(e) == expected);
+    // Many MACs from the one keyed state: the state is copied, never consumed.
+    for (uint64_t id = 0; id < 100; ++id) {
+        e.grant_id = id_of(id);
+        std::memcpy(in.data() + 27 + 20, e.grant_id.data(), 16);
+        crypto_generichash(expected.data(), expected.size(), in.data(), in.size(), kKey.data(),
+                           kKey.size());
+        REQUIRE(t.w().entry_mac(e) == expected);
+    }
+}
 
 TEST_CASE("grant table: a grant covers its source and service only while it is valid") {
     Table t;
