@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -229,8 +230,13 @@ void ControlLoop::start_grant_table(const GrantTableConfig& table_config) {
         options.keep_issuer = [this](const IssuerKeyId& id) {
             return issuers_.find(id) != nullptr;
         };
+        options.parts = config_.reopen_parts;
+        options.run_parts = config_.reopen_run_parts;
+        const auto reopen_start = std::chrono::steady_clock::now();
         writer_ = GrantTableWriter::reopen(table, revoked, config_.mac_key, error, &start_.reopen,
                                            options);
+        start_.reopen_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                     reopen_start).count();
         if (writer_ && (writer_->config().capacity != table_config.capacity ||
                         writer_->config().max_service_id != table_config.max_service_id)) {
             start_.grant_table_note = fmt::format(

@@ -72,6 +72,11 @@ struct ControlConfig {
     uint32_t event_ring_slots = kDefaultEventRingSlots;
     uint32_t worker_stats_lines = kDefaultWorkerStatsLines;
     mode_t state_mode = 0640;
+    // Reopening a grant table checks every entry's MAC: in this many parts,
+    // through run_parts (ReopenOptions). main.cc: the main lcore and the
+    // worker lcores, which are idle until the workers are launched.
+    unsigned reopen_parts = 1;
+    std::function<void(unsigned, const std::function<void(unsigned)>&)> reopen_run_parts;
 };
 
 // Unix time and the data plane's tick counter. main.cc gives the TSC and a
@@ -152,6 +157,7 @@ struct ControlStart {
     bool grant_table_reopened = false;  // the grants of the previous run were kept (MAC-checked)
     std::string grant_table_note;       // why the table was created anew, when it was not reopened
     ReopenReport reopen;                // what reopen kept and dropped
+    double reopen_ms = 0;               // how long reopen took (MAC checks included)
     uint32_t services_kept = 0;       // service map entries kept (jitd re-sends their definitions)
     size_t service_ids_reserved = 0;  // ids of deleted services whose grants still live
 };
