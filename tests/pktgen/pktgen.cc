@@ -71,11 +71,13 @@ struct alignas(64) WorkerStats {
     Count tx_granted, tx_ungranted;  // attempted: written into an mbuf and given to tx_burst
     Count tx_sent, tx_refused, tx_bytes, tx_nombuf;
     Count tx_ungranted_sent;  // of tx_sent
+    Count tx_schedule_lost, tx_stalls;  // paced: packets the schedule skipped after stalls (Pacer)
     Count rx_frames, rx_bytes;
     std::array<Count, static_cast<size_t>(RxVerdict::count_)> verdicts;
     Count late;  // frames after the trial was collected (not in any figure)
     void reset() noexcept {
         for (Count* c : {&tx_granted, &tx_ungranted, &tx_sent, &tx_refused, &tx_bytes, &tx_nombuf, &tx_ungranted_sent,
+                         &tx_schedule_lost, &tx_stalls,
                          &rx_frames, &rx_bytes, &late})
             c->reset();
         for (Count& c : verdicts) c.reset();
@@ -131,20 +133,11 @@ void worker_reset(Worker& w) {
 }
 
 // One pass of TX: at most one burst on each port.
-void tx_once(Worker& w, const TrialParams& p, size_t& cursor, uint64_t& pkt_counter, double& next_tsc,
-             double cycles_per_packet, uint64_t now) {
+void tx_once(Worker& w, const TrialParams& p, size_t& cursor, uint64_t& pkt_counter, Pacer& pacer, uint64_t now) {
     Shared& s = *w.shared;
     for (uint16_t port : w.ports) {
         uint16_t n = s.burst;
-        if (cycles_per_packet > 0) {
-            if (static_cast<double>(now) < next_tsc) return;
-            // Behind (an interrupt, a preempted core): catch up on up to 200 us of the
-            // schedule, so that short stalls do not lower the average rate; a longer
-            // stall is lost time, not a flood.
-            const double max_lag = std::max(4.0 * s.burst * cycles_per_packet, static_cast<double>(s.hz) / 5000.0);
-            if (static_cast<double>(now) - next_tsc > max_lag) next_tsc = static_cast<double>(now);
-            next_tsc += n * cycles_per_packet;
-        }
+        if (!pacer.due(now, n)) return;
         rte_mbuf* m[kMaxBurst];
         if (rte_pktmbuf_alloc_bulk(w.pool, m, n) != 0) {
             w.stats.tx_nombuf.add(n);
@@ -219,7 +212,7 @@ int worker_main(void* arg) {
     bool running = false, counting = false;
     size_t cursor = w.index % s.order.size();
     uint64_t pkt_counter = 0;
-    double next_tsc = 0, cpp = 0;
+    Pacer pacer;
     TrialParams p;
     while (!g_quit.load(std::memory_order_relaxed)) {
         const uint64_t t = s.trial.load(std::memory_order_acquire);
@@ -229,9 +222,10 @@ int worker_main(void* arg) {
             worker_reset(w);
             cursor = w.index % s.order.size();
             const double share = p.rate_pps / static_cast<double>(w.count);
-            cpp = share > 0 ? static_cast<double>(s.hz) / share : 0;
+            const double cpp = share > 0 ? static_cast<double>(s.hz) / share : 0;
             w.tx_start_tsc = rte_rdtsc();
-            next_tsc = static_cast<double>(w.tx_start_tsc);
+            // Catch up on up to 200 us of the schedule (or 4 bursts at a slow rate).
+            pacer = Pacer(cpp, std::max(4.0 * s.burst * cpp, static_cast<double>(s.hz) / 5000.0), w.tx_start_tsc);
             w.tx_end_tsc = p.duration_s > 0 ? w.tx_start_tsc + static_cast<uint64_t>(p.duration_s * static_cast<double>(s.hz))
                                             : UINT64_MAX;
             w.tx_finished.store(false, std::memory_order_relaxed);
@@ -240,6 +234,8 @@ int worker_main(void* arg) {
         }
         if (counting && s.collect.load(std::memory_order_acquire) == my_trial) {
             counting = running = false;
+            w.stats.tx_schedule_lost.add(static_cast<uint64_t>(pacer.lost_packets()));
+            w.stats.tx_stalls.add(pacer.stalls());
             w.done.store(my_trial, std::memory_order_release);
         }
         if (running) {
@@ -249,7 +245,7 @@ int worker_main(void* arg) {
                 w.tx_end_tsc = std::min(now, w.tx_end_tsc);
                 w.tx_finished.store(true, std::memory_order_release);
             } else {
-                tx_once(w, p, cursor, pkt_counter, next_tsc, cpp, now);
+                tx_once(w, p, cursor, pkt_counter, pacer, now);
             }
         }
         rx_once(w, counting);
@@ -261,6 +257,7 @@ int worker_main(void* arg) {
 
 struct Totals {
     uint64_t tx_granted = 0, tx_ungranted = 0, tx_sent = 0, tx_refused = 0, tx_bytes = 0, tx_nombuf = 0;
+    uint64_t tx_schedule_lost = 0, tx_stalls = 0;
     uint64_t tx_ungranted_sent = 0;
     uint64_t rx_frames = 0, rx_bytes = 0;
     std::array<uint64_t, static_cast<size_t>(RxVerdict::count_)> verdicts{};
@@ -280,6 +277,8 @@ Totals sum(const std::vector<std::unique_ptr<Worker>>& workers) {
         t.tx_refused += s.tx_refused.get();
         t.tx_bytes += s.tx_bytes.get();
         t.tx_nombuf += s.tx_nombuf.get();
+        t.tx_schedule_lost += s.tx_schedule_lost.get();
+        t.tx_stalls += s.tx_stalls.get();
         t.tx_ungranted_sent += s.tx_ungranted_sent.get();
         t.rx_frames += s.rx_frames.get();
         t.rx_bytes += s.rx_bytes.get();
@@ -413,6 +412,10 @@ ordered_json trial_json(const TrialResult& r, const Shared& s) {
             {"tx_refused", r.totals.tx_refused},
             {"tx_ungranted_sent", r.totals.tx_ungranted_sent},
             {"tx_nombuf", r.totals.tx_nombuf},
+            // Paced trials: what the schedule skipped after stalls longer than
+            // 200 us (the TX core taken away), and how many such stalls.
+            {"tx_schedule_lost", r.totals.tx_schedule_lost},
+            {"tx_stalls", r.totals.tx_stalls},
             {"rx_frames", r.totals.rx_frames},
             {"delivered", r.totals.delivered()},
             {"loss", r.loss()},

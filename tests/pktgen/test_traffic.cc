@@ -328,3 +328,50 @@ TEST_CASE("a traffic file is read strictly, with the key and what is wrong") {
     CHECK(load("[[service]\n", d).find("line 1") != std::string::npos);
     std::remove(path.c_str());
 }
+
+TEST_CASE("the pacer holds its rate to within a burst, catches up on short stalls and counts long ones as lost") {
+    // 1 GHz TSC, 10 Mpps: a packet every 100 cycles; bursts of 32; 200 us of catch-up.
+    constexpr double cpp = 100;
+    constexpr uint16_t burst = 32;
+    constexpr double max_lag = 200'000;
+    const auto run = [&](Pacer& p, uint64_t from, uint64_t to, uint64_t step) {
+        uint64_t sent = 0;
+        for (uint64_t now = from; now < to; now += step)
+            if (p.due(now, burst)) sent += burst;
+        return sent;
+    };
+    SECTION("polled often, the packets booked are the rate times the time") {
+        Pacer p(cpp, max_lag, 0);
+        const uint64_t sent = run(p, 0, 100'000'000, 37);  // 0.1 s
+        CHECK(sent >= 1'000'000 - burst);
+        CHECK(sent <= 1'000'000 + burst);
+        CHECK(p.stalls() == 0);
+        CHECK(p.lost_packets() == 0);
+    }
+    SECTION("a 150 us stall is caught up: nothing lost, the average rate kept") {
+        Pacer p(cpp, max_lag, 0);
+        uint64_t sent = run(p, 0, 50'000'000, 37);
+        sent += run(p, 50'150'000, 100'000'000, 37);  // away for 150'000 cycles
+        CHECK(sent >= 1'000'000 - burst);
+        CHECK(sent <= 1'000'000 + burst);
+        CHECK(p.stalls() == 0);
+    }
+    SECTION("a 3 ms stall restarts the schedule: its packets are counted lost, not sent in a flood") {
+        Pacer p(cpp, max_lag, 0);
+        uint64_t sent = run(p, 0, 50'000'000, 37);
+        sent += run(p, 53'000'000, 100'000'000, 37);  // away for 3'000'000 cycles = 30'000 packets
+        CHECK(p.stalls() == 1);
+        CHECK(p.lost_packets() == Approx(30'000).margin(burst));
+        // Booked plus lost is the schedule: the pacer's own error is within a burst.
+        CHECK(static_cast<double>(sent) + p.lost_packets() == Approx(1'000'000).margin(2 * burst));
+        // Right after the stall, one burst only: no catch-up flood.
+        Pacer q(cpp, max_lag, 0);
+        run(q, 0, 1'000'000, 37);
+        CHECK(q.due(4'000'000, burst));
+        CHECK_FALSE(q.due(4'000'001, burst));
+    }
+    SECTION("no rate: every call is due") {
+        Pacer p(0, max_lag, 0);
+        CHECK(run(p, 0, 1000, 1) == 1000u * burst);
+    }
+}

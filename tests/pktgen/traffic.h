@@ -142,6 +142,39 @@ inline uint16_t stamped_checksum(const Template& t, uint32_t seq, uint32_t tsc) 
 }
 void write_frame(const Template& t, uint8_t* out, uint32_t seq, uint32_t tsc) noexcept;
 
+// The TX schedule at a target rate: a burst of n is due once the TSC reaches
+// the schedule's next time, which then moves on by n packets' worth. A TX core
+// that was away (preempted, an interrupt) for up to max_lag cycles catches up,
+// so short stalls do not lower the average rate; behind by more, the schedule
+// starts again from now and the skipped part is counted (lost_packets,
+// stalls), not sent as a flood. So a report can tell the pacer's own error
+// from the time its core was taken.
+class Pacer {
+  public:
+    Pacer() = default;
+    // cycles_per_packet <= 0: no pacing (every call is due).
+    Pacer(double cycles_per_packet, double max_lag_cycles, uint64_t start) noexcept
+        : cpp_(cycles_per_packet), max_lag_(max_lag_cycles), next_(static_cast<double>(start)) {}
+    bool due(uint64_t now, uint16_t n) noexcept {
+        if (cpp_ <= 0) return true;
+        const double t = static_cast<double>(now);
+        if (t < next_) return false;
+        if (t - next_ > max_lag_) {
+            lost_ += (t - next_) / cpp_;
+            ++stalls_;
+            next_ = t;
+        }
+        next_ += n * cpp_;
+        return true;
+    }
+    double lost_packets() const noexcept { return lost_; }
+    uint64_t stalls() const noexcept { return stalls_; }
+
+  private:
+    double cpp_ = 0, max_lag_ = 0, next_ = 0, lost_ = 0;
+    uint64_t stalls_ = 0;
+};
+
 // Latency histogram over TSC cycles: log-linear buckets (64 per power of two:
 // at most 1/64 = 1.6% relative error), no per-sample storage, no sort.
 class LatencyHistogram {
