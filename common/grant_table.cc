@@ -9,7 +9,6 @@
 #include <bit>
 #include <cstring>
 #include <limits>
-#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -1235,7 +1234,8 @@ void GrantTableWriter::bind(std::span<std::byte> table, std::span<std::byte> rev
     reader_ = *GrantTableReader::attach(table, revoked, ignored);
     slot_of_entry_.assign(detail_count_, kNoEntry);
     free_entries_.clear();
-    id_index_.assign(std::bit_ceil(std::max<uint64_t>(64, 2 * detail_count_)), 0);
+    // At most half full: 2 x capacity words (16 MiB at 1M grants).
+    id_index_.assign(std::bit_ceil(std::max<uint64_t>(64, 2 * (detail_count_ - 1))), 0);
     id_index_shift_ = 64 - static_cast<unsigned>(std::countr_zero(id_index_.size()));
     prefix_counts_.assign((uint64_t{config_.max_service_id} + 1) * 162, 0);
 }
@@ -1828,6 +1828,8 @@ namespace {
 constexpr unsigned kIdEntryBits = 25;
 constexpr uint64_t kIdEntryMask = (uint64_t{1} << kIdEntryBits) - 1;
 static_assert(kGrantTableMaxCapacity + 2 <= kIdEntryMask, "entry + 1 fits below the hash bits");
+static_assert(std::bit_width(2 * kGrantTableMaxCapacity) - 1 <= 64 - kIdEntryBits,
+              "a position (the hash's top bits) lies within the hash bits a word keeps");
 }  // namespace
 
 uint64_t GrantTableWriter::id_index_hash(const GrantId& id) const noexcept {
@@ -1883,13 +1885,26 @@ void GrantTableWriter::id_index_erase(const GrantId& id) {
     id_index_[hole] = 0;
 }
 
+// Slot s holds entry e (read_entry(s), its entry number in range): does the
+// MAC stored in its detail verify? Read only: reopen's parts call it too.
+bool GrantTableWriter::entry_mac_verifies(uint64_t s, const GrantEntry& e) const noexcept {
+    const uint64_t* d = detail(own(hot(s)[kMeta]) >> 32);
+    const uint64_t m[4] = {own(d[kDMac]), own(d[kDMac + 1]), own(d[kDMac + 2]), own(d[kDMac + 3])};
+    EntryMac stored;
+    std::memcpy(stored.data(), m, 32);
+    const EntryMac expected = compute_mac(mac_state(mac_state_), e);
+    return sodium_memcmp(stored.data(), expected.data(), 32) == 0;
+}
+
 void run_parts_on_threads(unsigned parts, const std::function<void(unsigned)>& part) {
     std::vector<std::thread> threads;
     std::vector<unsigned> here;  // parts no thread could take
+    threads.reserve(parts);      // no allocation between starting a thread and keeping it
+    here.reserve(parts);
     for (unsigned i = 1; i < parts; ++i) {
         try {
             threads.emplace_back(part, i);
-        } catch (const std::system_error&) {
+        } catch (const std::exception&) {  // system_error (no thread), bad_alloc (copying part)
             here.push_back(i);
         }
     }
@@ -1969,9 +1984,11 @@ bool GrantTableWriter::rebuild(const GrantTableMacKey& key, ReopenReport& report
     const uint64_t slots = slot_mask_ + 1;
     std::vector<uint8_t> drop(slots, 0);
     // The MACs first, in parts (read only; each part its own range of
-    // mac_ok): 1 = verifies. A slot a part skipped (empty, or an entry
-    // number out of range) stays 0 and pass 1 judges it as before.
-    std::vector<uint8_t> mac_ok(slots, 0);
+    // mac_ok): kMacOk or kMacBad. A slot no part examined (empty, an entry
+    // number out of range, or a part run_parts never ran) stays kMacUnchecked
+    // and pass 1 checks it itself.
+    enum : uint8_t { kMacUnchecked = 0, kMacOk = 1, kMacBad = 2 };
+    std::vector<uint8_t> mac_ok(slots, kMacUnchecked);
     {
         const unsigned parts = std::clamp(options.parts, 1u, 64u);
         const uint64_t per = (slots + parts - 1) / parts;
@@ -1981,12 +1998,7 @@ bool GrantTableWriter::rebuild(const GrantTableMacKey& key, ReopenReport& report
                 prefetch_for_reopen(s, end, false);
                 const uint64_t meta = own(hot(s)[kMeta]);
                 if (meta == 0 || (meta >> 32) >= detail_count_) continue;
-                const uint64_t* d = detail(meta >> 32);
-                const uint64_t m[4] = {own(d[kDMac]), own(d[kDMac + 1]), own(d[kDMac + 2]), own(d[kDMac + 3])};
-                EntryMac stored;
-                std::memcpy(stored.data(), m, 32);
-                const EntryMac expected = compute_mac(mac_state(mac_state_), read_entry(s));
-                mac_ok[s] = sodium_memcmp(stored.data(), expected.data(), 32) == 0 ? 1 : 0;
+                mac_ok[s] = entry_mac_verifies(s, read_entry(s)) ? kMacOk : kMacBad;
             }
         };
         if (options.run_parts && parts > 1) options.run_parts(parts, part);
@@ -2007,7 +2019,8 @@ bool GrantTableWriter::rebuild(const GrantTableMacKey& key, ReopenReport& report
             drop[s] = 1;
             ++report.dropped_duplicates;
         } else {
-            if (mac_ok[s] == 0) {
+            if (mac_ok[s] == kMacUnchecked) mac_ok[s] = entry_mac_verifies(s, e) ? kMacOk : kMacBad;
+            if (mac_ok[s] != kMacOk) {
                 drop[s] = 1;
                 ++report.dropped_bad_mac;
             } else if (((s - home_of_slot(s)) & slot_mask_) >= kGrantTableMaxProbe) {

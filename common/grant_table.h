@@ -330,11 +330,12 @@ struct ReopenOptions {
     // Entries whose issuer this rejects are dropped (a key removed while jitlb was down).
     std::function<bool(const IssuerKeyId&)> keep_issuer;
     // The MAC checks (about 0.45 us each, half of a reopen's time) split into
-    // `parts` ranges of slots: run_parts(parts, part) must call part(0) ..
-    // part(parts - 1), each once, in any threads, and return when all have
-    // returned. Empty: reopen calls them in order itself. Parts only read the
-    // table. jitlb runs them on its idle worker lcores; run_parts_on_threads
-    // (below) on std::threads.
+    // `parts` ranges of slots (at most 64): run_parts(parts, part) should call
+    // part(0) .. part(parts - 1), each once, in any threads, and return when
+    // all have returned. A part it never ran costs time, not grants: reopen
+    // checks those slots' MACs itself. Empty: reopen runs the parts in order.
+    // Parts only read the table. jitlb runs them on its idle worker lcores;
+    // run_parts_on_threads (below) on std::threads.
     unsigned parts = 1;
     std::function<void(unsigned parts, const std::function<void(unsigned)>& part)> run_parts;
 };
@@ -447,12 +448,13 @@ class GrantTableWriter {
     static Key3 pack(const GrantKey& key) noexcept;
     bool rebuild(const GrantTableMacKey& key, ReopenReport& report, const ReopenOptions& options);
     void prefetch_for_reopen(uint64_t slot, uint64_t slots, bool ids) const noexcept;
+    bool entry_mac_verifies(uint64_t slot, const GrantEntry& entry) const noexcept;
 
     GrantTableReader reader_;
     GrantTableConfig config_;
-    // BLAKE2b keyed with the MAC key, after its key block: each MAC copies
-    // it and hashes one block (a keyed crypto_generichash hashes two). A
-    // libsodium crypto_generichash_state, opaque here; the key itself is not kept.
+    // crypto_generichash_init with the MAC key, copied for each MAC (it saves
+    // the init; libsodium buffers the key block, so a MAC is still two BLAKE2b
+    // compressions). The state holds the key. Opaque here.
     alignas(64) std::array<unsigned char, 384> mac_state_{};
     void set_mac_key(const GrantTableMacKey& key) noexcept;
     std::byte* header_ = nullptr;
