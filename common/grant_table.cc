@@ -342,9 +342,7 @@ bool valid_key(const GrantKey& k, uint32_t max_service_id) noexcept {
 // from the Unix times.
 constexpr char kMacDomain[] = "jitlb-grant-table-entry-v1";
 
-// `keyed`: crypto_generichash_init with the MAC key, not yet updated. The
-// result equals crypto_generichash(…, key) over the same input.
-EntryMac compute_mac(const crypto_generichash_state& keyed, const GrantEntry& e) noexcept {
+EntryMac compute_mac(const GrantTableMacKey& key, const GrantEntry& e) noexcept {
     uint8_t buf[sizeof kMacDomain + 20 + 16 + 8 + 8 + 8 + 32];
     size_t n = 0;
     auto put = [&](const void* p, size_t len) {
@@ -361,19 +359,9 @@ EntryMac compute_mac(const crypto_generichash_state& keyed, const GrantEntry& e)
     put(&e.not_before_ms, 8);
     put(&e.not_after_ms, 8);
     put(e.record_hash.data(), 32);
-    crypto_generichash_state st = keyed;
     EntryMac mac;
-    crypto_generichash_update(&st, buf, n);
-    crypto_generichash_final(&st, mac.data(), mac.size());
-    sodium_memzero(&st, sizeof st);
+    crypto_generichash(mac.data(), mac.size(), buf, n, key.data(), key.size());
     return mac;
-}
-
-static_assert(sizeof(crypto_generichash_state) == 384 && alignof(crypto_generichash_state) <= 64,
-              "GrantTableWriter::mac_state_ holds a crypto_generichash_state");
-
-const crypto_generichash_state& mac_state(const std::array<unsigned char, 384>& bytes) noexcept {
-    return *reinterpret_cast<const crypto_generichash_state*>(bytes.data());
 }
 
 uint64_t saturating_ticks(int64_t ms, uint64_t ticks_per_second) noexcept {
@@ -1298,7 +1286,7 @@ std::optional<GrantTableWriter> GrantTableWriter::create(std::span<std::byte> ta
     shared_store(h.magic, kTableMagic, kRelease);
 
     GrantTableWriter w;
-    w.set_mac_key(mac_key);
+    w.mac_key_ = mac_key;
     w.bind(table, revoked);
     for (uint64_t e = w.detail_count_; e-- > 0;) w.free_entries_.push_back(static_cast<uint32_t>(e));
     return w;
@@ -1337,7 +1325,7 @@ std::optional<GrantTableWriter> GrantTableWriter::reopen(std::span<std::byte> ta
         return std::nullopt;
     }
     GrantTableWriter w;
-    w.set_mac_key(mac_key);
+    w.mac_key_ = mac_key;
     w.bind(table, revoked);
     GrantTableConfig changed = w.config_;
     if (options.ticks_per_second != 0) changed.ticks_per_second = options.ticks_per_second;
@@ -1507,7 +1495,7 @@ uint32_t GrantTableWriter::write_detail(const GrantEntry& e, uint64_t generation
     *at(kDNb) = static_cast<uint64_t>(e.not_before_ms);
     *at(kDNa) = static_cast<uint64_t>(e.not_after_ms);
     std::memcpy(at(kDHash), e.record_hash.data(), 32);
-    const EntryMac mac = compute_mac(mac_state(mac_state_), e);
+    const EntryMac mac = compute_mac(mac_key_, e);
     std::memcpy(at(kDMac), mac.data(), 32);
     seq_write<kDetailWords - 1>(detail(entry), v);
     return entry;
@@ -1742,7 +1730,7 @@ size_t GrantTableWriter::remove_issuer(const IssuerKeyId& issuer) {
 }
 
 EntryMac GrantTableWriter::entry_mac(const GrantEntry& entry) const noexcept {
-    return compute_mac(mac_state(mac_state_), entry);
+    return compute_mac(mac_key_, entry);
 }
 
 std::optional<uint32_t> GrantTableWriter::find_grant(const GrantId& id) const noexcept {
@@ -1892,7 +1880,7 @@ bool GrantTableWriter::entry_mac_verifies(uint64_t s, const GrantEntry& e) const
     const uint64_t m[4] = {own(d[kDMac]), own(d[kDMac + 1]), own(d[kDMac + 2]), own(d[kDMac + 3])};
     EntryMac stored;
     std::memcpy(stored.data(), m, 32);
-    const EntryMac expected = compute_mac(mac_state(mac_state_), e);
+    const EntryMac expected = compute_mac(mac_key_, e);
     return sodium_memcmp(stored.data(), expected.data(), 32) == 0;
 }
 
@@ -1911,11 +1899,6 @@ void run_parts_on_threads(unsigned parts, const std::function<void(unsigned)>& p
     part(0);
     for (const unsigned i : here) part(i);
     for (std::thread& t : threads) t.join();
-}
-
-void GrantTableWriter::set_mac_key(const GrantTableMacKey& key) noexcept {
-    auto* st = reinterpret_cast<crypto_generichash_state*>(mac_state_.data());
-    crypto_generichash_init(st, key.data(), key.size(), sizeof(EntryMac));
 }
 
 // --- reopen ----------------------------------------------------------------------------
@@ -1940,19 +1923,21 @@ void GrantTableWriter::prefetch_for_reopen(uint64_t s, uint64_t slots, bool ids)
     const uint64_t meta = own(hot(s + kNear)[kMeta]);
     const uint64_t entry = meta >> 32;
     if (meta == 0 || entry >= detail_count_) return;
-    uint64_t lo, hi;
-    id_words(detail_grant_id(static_cast<uint32_t>(entry)), lo, hi);
-    __builtin_prefetch(&id_index_[id_index_home(id_hash(lo, hi, config_.hash_seed ^ kIdIndexSalt))], 1, 3);
+    const GrantId id = detail_grant_id(static_cast<uint32_t>(entry));
+    __builtin_prefetch(&id_index_[id_index_home(id_index_hash(id))], 1, 3);
     __builtin_prefetch(&slot_of_entry_[entry], 1, 3);
-    if (revoked_count_ != 0)
+    if (revoked_count_ != 0) {
+        uint64_t lo, hi;
+        id_words(id, lo, hi);
         __builtin_prefetch(revoked_slot(id_hash(lo, hi, config_.hash_seed ^ kRevokedSalt) & revoked_mask_), 0, 3);
+    }
 }
 
 bool GrantTableWriter::rebuild(const GrantTableMacKey& key, ReopenReport& report,
                                const ReopenOptions& options) {
     TableHeader& h = table_header(header_);
     RevokedHeader& rh = revoked_header(revoked_header_);
-    set_mac_key(key);
+    mac_key_ = key;
     if (options.ticks_per_second != 0) {
         config_.ticks_per_second = options.ticks_per_second;
         shared_store(h.ticks_per_second, config_.ticks_per_second, kRelaxed);

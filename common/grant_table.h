@@ -452,11 +452,7 @@ class GrantTableWriter {
 
     GrantTableReader reader_;
     GrantTableConfig config_;
-    // crypto_generichash_init with the MAC key, copied for each MAC (it saves
-    // the init; libsodium buffers the key block, so a MAC is still two BLAKE2b
-    // compressions). The state holds the key. Opaque here.
-    alignas(64) std::array<unsigned char, 384> mac_state_{};
-    void set_mac_key(const GrantTableMacKey& key) noexcept;
+    GrantTableMacKey mac_key_{};
     std::byte* header_ = nullptr;
     std::byte* revoked_header_ = nullptr;
     uint64_t* hot_ = nullptr;

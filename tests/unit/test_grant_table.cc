@@ -140,7 +140,7 @@ TEST_CASE("grant table: the entry MAC is keyed BLAKE2b-256 of the domain and the
     EntryMac expected;
     crypto_generichash(expected.data(), expected.size(), in.data(), in.size(), kKey.data(), kKey.size());
     CHECK(t.w().entry_mac(e) == expected);
-    // Many MACs from the one keyed state: the state is copied, never consumed.
+    // Many entries, each its own MAC under the one key.
     for (uint64_t id = 0; id < 100; ++id) {
         e.grant_id = id_of(id);
         std::memcpy(in.data() + 27 + 20, e.grant_id.data(), 16);
