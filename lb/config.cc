@@ -679,7 +679,7 @@ void read_region(const Section& section, NodeConfig& config) {
 }
 
 void read_main(const Section& section, NodeConfig& config) {
-    section.allow_only({"tick_us", "nice", "slice_us"});
+    section.allow_only({"tick_us", "nice", "slice_us", "realtime_priority"});
     if (const auto v = section.integer("tick_us", 1, kMaxTickUs, "us")) {
         config.tick_us = static_cast<uint32_t>(*v);
     }
@@ -687,6 +687,14 @@ void read_main(const Section& section, NodeConfig& config) {
     if (const auto v = section.integer("slice_us", 0, 100000, "us")) {
         if (*v != 0 && *v < 100) section.fail_at("slice_us", fmt::format("{} us: 0 (the kernel's default) or 100..100000", *v));
         config.main_slice_us = static_cast<uint32_t>(*v);
+    }
+    if (const auto v = section.integer("realtime_priority", 0, 99)) {
+        if (*v != 0 && (config.main_nice != 0 || config.main_slice_us != 0))
+            section.fail_at("realtime_priority",
+                            fmt::format("{} with nice or slice_us: a real-time (SCHED_FIFO) thread has neither; "
+                                        "set realtime_priority, or nice and slice_us",
+                                        *v));
+        config.main_realtime_priority = static_cast<uint32_t>(*v);
     }
 }
 

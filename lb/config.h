@@ -98,10 +98,12 @@ struct NodeConfig {
     uint32_t verify_per_tick = 2;  // Ed25519 verifications per main-lcore tick (~50 us each), 1..4096
     uint32_t tick_us = 100;         // main-lcore tick, 1..kMaxTickUs
     // The main lcore's scheduling (it shares a core and sleeps between ticks):
-    // a nice value and a slice, so that it can run soon after it wakes even
-    // beside a busy thread; off by default (docs/dataplane.md, "Threads").
-    int32_t main_nice = 0;       // -20..19
-    uint32_t main_slice_us = 0;  // 0 (the kernel's default) or 100..100000
+    // a nice value and a slice, or a real-time priority (SCHED_FIFO), so that
+    // it can run soon after it wakes even beside a busy thread; off by default
+    // (docs/dataplane.md, "Threads"). A real-time priority excludes the other two.
+    int32_t main_nice = 0;                // -20..19
+    uint32_t main_slice_us = 0;           // 0 (the kernel's default) or 100..100000
+    uint32_t main_realtime_priority = 0;  // 0 (off) or 1..99: SCHED_FIFO at that priority
 
     // Encapsulation towards backends (encap.h).
     SourcePrefix outer_source_v4;  // required; /8../32, host bits zero

@@ -13,7 +13,9 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -332,5 +334,17 @@ class ControlLoop {
     ControlStats stats_;
     std::string last_error_;
 };
+
+// How long the main lcore sleeps after a tick that took `worked`: a tick with
+// no backlog sleeps `tick`; with grants waiting, the next tick runs at once,
+// unless the main lcore runs at a real-time priority: then nothing else on its
+// core would run while the backlog lasts, so it sleeps as long as the tick
+// worked (at least 10 us), which holds it to about half of the core.
+inline std::chrono::nanoseconds main_lcore_pause(bool backlog, bool realtime, std::chrono::nanoseconds tick,
+                                                 std::chrono::nanoseconds worked) noexcept {
+    if (!backlog) return tick;
+    if (!realtime) return std::chrono::nanoseconds{0};
+    return std::max(worked, std::chrono::nanoseconds{std::chrono::microseconds{10}});
+}
 
 }  // namespace jitlb::lb

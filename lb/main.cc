@@ -594,10 +594,25 @@ void run_parts_on_lcores(const std::vector<unsigned>& lcores, unsigned parts,
 
 // The main lcore shares a core and sleeps between ticks, and a revocation
 // waits for its next tick: ask the scheduler to run it soon after it wakes,
-// even beside a thread that polls at 100% on the same core. A negative nice
-// value weighs it up; a short slice (Linux 6.12 and later, EEVDF) lets it
-// preempt on wake-up. Neither needs the other; what fails is said once.
-void prioritise_main_lcore(int32_t nice, uint32_t slice_us) {
+// even beside a thread that polls at 100% on the same core. A real-time
+// priority (SCHED_FIFO) preempts every normal thread at once on wake-up; a
+// negative nice value weighs it up and a short slice (Linux 6.12 and later,
+// EEVDF) lets it preempt on wake-up, both within the fair class. What fails
+// is said once. Returns whether the main lcore runs at a real-time priority.
+bool prioritise_main_lcore(const NodeConfig& config) {
+    if (config.main_realtime_priority != 0) {
+        sched_param param{};
+        param.sched_priority = static_cast<int>(config.main_realtime_priority);
+        if (const int e = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param); e != 0) {
+            std::fprintf(stderr,
+                         "jitlb: warning: [main] realtime_priority = %u: %s; the main lcore runs with the kernel's "
+                         "defaults and may wait a scheduler slice behind a busy thread on its core (give jitlb "
+                         "CAP_SYS_NICE, and real-time runtime in its cgroup)\n",
+                         config.main_realtime_priority, std::strerror(e));
+            return false;
+        }
+        return true;
+    }
     struct Attr {  // struct sched_attr (sched_setattr(2)); glibc 2.36 has no wrapper
         uint32_t size, policy;
         uint64_t flags;
@@ -613,7 +628,9 @@ void prioritise_main_lcore(int32_t nice, uint32_t slice_us) {
         a.runtime = uint64_t{us} * 1000;
         return syscall(SYS_sched_setattr, 0, &a, 0) == 0 ? 0 : errno;
     };
-    if (nice == 0 && slice_us == 0) return;
+    const int32_t nice = config.main_nice;
+    const uint32_t slice_us = config.main_slice_us;
+    if (nice == 0 && slice_us == 0) return false;
     if (const int e = set(nice, slice_us); e != 0) {
         const int again = nice < 0 ? set(0, slice_us) : e;
         std::fprintf(stderr,
@@ -621,6 +638,7 @@ void prioritise_main_lcore(int32_t nice, uint32_t slice_us) {
                      "wait a scheduler slice behind a busy thread on its core (give jitlb CAP_SYS_NICE)\n",
                      nice, slice_us, std::strerror(e), again == 0 ? "at nice 0" : "with the kernel's defaults");
     }
+    return false;
 }
 
 // The main lcore's grant work, into its counter block (stats, telemetry, jitctl).
@@ -984,10 +1002,11 @@ int main(int argc, char** argv) {
     NextHopRelay next_hop_relay{next_hops, port_index, pool, has_exception, exception_id,
                                 has_exception ? exception_mask(config.exception_allow) : 0};
     // The main lcore: tick, reclaim, sleep.
-    prioritise_main_lcore(config.main_nice, config.main_slice_us);
+    const bool realtime = prioritise_main_lcore(config);
     const auto tick = std::chrono::microseconds(config.tick_us);
     std::string last_error;
     while (!g_stop.load(std::memory_order_relaxed)) {
+        const uint64_t tick_start = rte_rdtsc();
         if (g_reload.exchange(false)) control->reload_keys();
         control->tick();
         publish_control_counters(*control, *main_counters);
@@ -1010,8 +1029,12 @@ int main(int argc, char** argv) {
         }
         // Grants waiting for verification: the next tick at once (each tick
         // verifies at most verify_per_tick, so a revocation still waits at most
-        // one tick); otherwise sleep, sharing the core.
-        if (control->backlog_length() == 0) std::this_thread::sleep_for(tick);
+        // one tick); otherwise sleep, sharing the core. At a real-time priority
+        // nothing else on the core would run while a backlog lasts, so there
+        // the main lcore sleeps as long as the tick worked (main_lcore_pause).
+        const auto pause = main_lcore_pause(control->backlog_length() != 0, realtime, tick,
+                                            std::chrono::nanoseconds((rte_rdtsc() - tick_start) * 1'000'000'000 / hz));
+        if (pause.count() > 0) std::this_thread::sleep_for(pause);
     }
 
     rte_eal_mp_wait_lcore();

@@ -251,6 +251,14 @@ slice_us = 250
     CHECK(c.main_slice_us == 250);
 }
 
+TEST_CASE("a real-time priority for the main lcore is read, and nice and slice_us may be left at 0 beside it", "[config]") {
+    const NodeConfig c = parse_ok(std::string(kMinimal) + "\n[main]\nrealtime_priority = 1\nnice = 0\nslice_us = 0\n");
+    CHECK(c.main_realtime_priority == 1);
+    CHECK(c.main_nice == 0);
+    CHECK(c.main_slice_us == 0);
+    CHECK(parse_ok(std::string(kMinimal) + "\n[main]\nrealtime_priority = 99\n").main_realtime_priority == 99);
+}
+
 TEST_CASE("optional keys take their documented defaults", "[config]") {
     const NodeConfig c = parse_ok(kMinimal);
     const NodeConfig defaults;
@@ -280,6 +288,7 @@ TEST_CASE("optional keys take their documented defaults", "[config]") {
     CHECK(c.tick_us == 100);
     CHECK(c.main_nice == 0);
     CHECK(c.main_slice_us == 0);
+    CHECK(c.main_realtime_priority == 0);
 
     CHECK_FALSE(c.has_outer_source_v6());
     CHECK(c.outer_ttl == 64);
@@ -467,6 +476,12 @@ TEST_CASE("each kind of mistake is one error naming the key and what was wrong",
          "region.backend_capacity", "65537 is out of range (0..65536 backends)"},
         {"slice_us between 0 and 100", edited("", "[main]\nslice_us = 50\n"), "main.slice_us",
          "50 us: 0 (the kernel's default) or 100..100000"},
+        {"realtime_priority above 99", edited("", "[main]\nrealtime_priority = 100\n"), "main.realtime_priority",
+         "100 is out of range (0..99)"},
+        {"realtime_priority with nice", edited("", "[main]\nnice = -5\nrealtime_priority = 1\n"),
+         "main.realtime_priority", "a real-time (SCHED_FIFO) thread has neither"},
+        {"realtime_priority with slice_us", edited("", "[main]\nslice_us = 100\nrealtime_priority = 1\n"),
+         "main.realtime_priority", "a real-time (SCHED_FIFO) thread has neither"},
         {"slots per grant not 2, 4 or 8", edited("issuer_keys", "slots_per_grant = 3\nissuer_keys"),
          "grants.slots_per_grant", "is not 2, 4 or 8"},
         {"missing issuer keys", edited("issuer_keys = \"/etc/jitlb/issuers.pub\"\n", ""),

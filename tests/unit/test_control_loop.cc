@@ -1166,3 +1166,22 @@ TEST_CASE(
     std::printf("tick applying 1000 revocations: %.0f us (%.2f us per revocation)\n", revoke_us,
                 revoke_us / 1000);
 }
+
+TEST_CASE("the main lcore sleeps a tick when idle, runs ticks back to back through a backlog, and at a real-time "
+          "priority sleeps as long as a backlog tick worked",
+          "[control]") {
+    using std::chrono::microseconds;
+    using std::chrono::nanoseconds;
+    const nanoseconds tick = microseconds(100);
+    // Idle: the configured tick, whatever the policy or the tick's own length.
+    CHECK(main_lcore_pause(false, false, tick, microseconds(3)) == tick);
+    CHECK(main_lcore_pause(false, true, tick, microseconds(700)) == tick);
+    // A backlog in the fair class: the next tick at once (the scheduler shares the core).
+    CHECK(main_lcore_pause(true, false, tick, microseconds(90)) == nanoseconds{0});
+    // A backlog at a real-time priority: as long as the tick worked, so the
+    // main lcore takes at most about half of its core; never less than 10 us.
+    CHECK(main_lcore_pause(true, true, tick, microseconds(90)) == microseconds(90));
+    CHECK(main_lcore_pause(true, true, tick, microseconds(2500)) == microseconds(2500));
+    CHECK(main_lcore_pause(true, true, tick, microseconds(1)) == microseconds(10));
+    CHECK(main_lcore_pause(true, true, tick, nanoseconds{0}) == microseconds(10));
+}
