@@ -6,10 +6,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <set>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "encap.h"
 #include "traffic.h"
@@ -137,6 +141,34 @@ TEST_CASE("templates are valid frames and stay valid when stamped, in every fami
                 CHECK(get_u32(&f[k.tcp ? l4 + 4 : flow_at + 4]) == seq);
                 CHECK(get_u32(&f[k.tcp ? l4 + 8 : flow_at + 8]) == tsc);
             }
+        }
+    }
+}
+
+TEST_CASE("write_frame writes exactly the stamped template at every frame length and nothing beyond it") {
+    // write_frame copies a template's head in 32-byte moves, the last one
+    // overlapping: every length from the smallest frame to past kSlab, each
+    // byte against the template (and the fill pattern beyond kSlab).
+    for (const char* vip : {"192.0.2.1", "2001:db8::1"}) {
+        const bool v4 = std::string_view(vip).find(':') == std::string_view::npos;
+        const uint32_t first = v4 ? 64 : 82;
+        for (uint32_t size = first; size <= kSlab + 4 + 70; ++size) {
+            CAPTURE(vip, size);
+            const Setup st(one_service(vip, true, Expect::ipip, size));
+            const Template& t = st.templates[0];
+            REQUIRE(t.len == size - 4);
+            std::vector<uint8_t> out(t.len + 64, 0xa5);
+            write_frame(t, out.data(), 0x01020304, 0x0a0b0c0d);
+            std::vector<uint8_t> want(t.len);
+            for (size_t i = 0; i < t.len; ++i) want[i] = i < kSlab ? t.head[i] : fill_pattern()[i - kSlab];
+            put_u32(want.data() + t.seq_off, 0x01020304);
+            put_u32(want.data() + t.tsc_off, 0x0a0b0c0d);
+            REQUIRE(t.csum_off != 0);
+            const uint16_t c = stamped_checksum(t, 0x01020304, 0x0a0b0c0d);
+            want[t.csum_off] = static_cast<uint8_t>(c >> 8);
+            want[t.csum_off + 1] = static_cast<uint8_t>(c);
+            CHECK(std::equal(want.begin(), want.end(), out.begin()));
+            CHECK(std::all_of(out.begin() + t.len, out.end(), [](uint8_t b) { return b == 0xa5; }));
         }
     }
 }

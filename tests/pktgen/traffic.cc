@@ -303,9 +303,31 @@ Template build_template(const TrafficConfig& c, const Flow& flow, uint32_t flow_
     return t;
 }
 
+namespace {
+
+// Copies len bytes (32..kSlab) in 32-byte moves, the last one overlapping:
+// fixed-size copies the compiler turns into vector loads and stores. A memcpy
+// of a variable length up to 128 was inlined as `rep movsq`, which took 3/4 of
+// the time of write_frame on an Intel VM (jitlb-pktgen ~9 Mpps instead of ~13).
+inline void copy_head(uint8_t* out, const uint8_t* in, size_t len) noexcept {
+    static_assert(kSlab <= 128, "copy_head moves at most four 32-byte blocks");
+    if (len < 32) {
+        std::memcpy(out, in, len);
+        return;
+    }
+    std::memcpy(out, in, 32);
+    if (len > 64) {
+        std::memcpy(out + 32, in + 32, 32);
+        if (len > 96) std::memcpy(out + 64, in + 64, 32);
+    }
+    std::memcpy(out + len - 32, in + len - 32, 32);
+}
+
+}  // namespace
+
 void write_frame(const Template& t, uint8_t* out, uint32_t seq, uint32_t tsc) noexcept {
     if (t.len <= kSlab) {
-        std::memcpy(out, t.head.data(), t.len);
+        copy_head(out, t.head.data(), t.len);
     } else {
         std::memcpy(out, t.head.data(), kSlab);
         std::memcpy(out + kSlab, pattern_bytes().data(), t.len - kSlab);
