@@ -554,7 +554,25 @@ std::optional<GrantTableReader> GrantTableReader::attach(std::span<const std::by
     r.detail_count_ = shared_load(h.detail_count, kRelaxed);
     r.seed_ = shared_load(h.hash_seed, kRelaxed);
     r.max_service_id_ = static_cast<uint32_t>(shared_load(h.max_service_id, kRelaxed));
+    r.set_prefetch_schedule(PrefetchSchedule::automatic);
     return r;
+}
+
+std::string_view prefetch_schedule_name(PrefetchSchedule s) noexcept {
+    switch (s) {
+        case PrefetchSchedule::automatic: return "automatic";
+        case PrefetchSchedule::per_key: return "per_key";
+        case PrefetchSchedule::after_hashing: return "after_hashing";
+    }
+    return "unknown";
+}
+
+void GrantTableReader::set_prefetch_schedule(PrefetchSchedule s) noexcept {
+    if (s == PrefetchSchedule::automatic) {
+        __builtin_cpu_init();
+        s = __builtin_cpu_is("intel") ? PrefetchSchedule::per_key : PrefetchSchedule::after_hashing;
+    }
+    prefetch_per_key_ = s == PrefetchSchedule::per_key;
 }
 
 std::optional<GrantTableReader> GrantTableReader::attach(std::span<const std::byte> memory,
@@ -825,6 +843,7 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
     const uint64_t mask = slot_mask_;
     const uint64_t seed = seed_;
     const uint64_t max_service_id = max_service_id_;
+    const bool prefetch_per_key = prefetch_per_key_;
     // The first probe of each key (its longest prefix in use) in compact form;
     // its home slot is recorded only for the keys that go on past stage 2.
     uint32_t meta[kGrantTableMaxBurst];
@@ -844,7 +863,8 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
     size_t n_general = 0;
     const uint64_t g1 = shared_load(*relocation_, kAcquire);
 
-    // Stage 1: the hashes, then the prefetches. A service whose only length in
+    // Stage 1: the hashes and the prefetches (after each hash or after all of
+    // them: PrefetchSchedule). A service whose only length in
     // use is /32 (IPv4) or /128 (IPv6) needs no prefix arithmetic.
     const uint64_t seed_v4 = key_hash_v4_seed(seed);
     for (size_t i = 0; i < n; ++i) {
@@ -916,9 +936,11 @@ void GrantTableReader::lookup_burst(const LookupKey* keys, size_t n, uint64_t no
             continue;
         }
         line[n_first] = hot + (hash & mask) * kSlotWords;
+        if (prefetch_per_key) __builtin_prefetch(line[n_first], 0, 3);
         first[n_first++] = static_cast<uint8_t>(i);
     }
-    for (size_t f = 0; f < n_first; ++f) __builtin_prefetch(line[f], 0, 3);
+    if (!prefetch_per_key)
+        for (size_t f = 0; f < n_first; ++f) __builtin_prefetch(line[f], 0, 3);
 
     // Stage 2: the home slots. A key found there (valid, or with no shorter
     // prefix in use), or absent with no hop bits and no shorter prefix, is

@@ -825,6 +825,9 @@ TEST_CASE("grant table: churn of 10x capacity inserts and deletions keeps probe 
 TEST_CASE("grant table: bulk lookup agrees with single lookups on random keys") {
     GrantTableConfig c = small_config(2048);
     c.slots_per_grant = GENERATE(2u, 4u);
+    // Either prefetch schedule, and this CPU's: the answers are the same.
+    const PrefetchSchedule schedule = GENERATE(PrefetchSchedule::automatic, PrefetchSchedule::per_key,
+                                               PrefetchSchedule::after_hashing);
     Table t(c);
     std::mt19937_64 rng(11);
     // Addresses from small pools so that prefixes overlap and lookups hit.
@@ -866,7 +869,10 @@ TEST_CASE("grant table: bulk lookup agrees with single lookups on random keys") 
         if (rng() % 4 == 0) keys[0].family = IpVersion::none;
         const uint64_t now = rng() % 3200;
         std::vector<LookupResult> bulk(keys.size());
-        t.r().lookup_bulk(keys, now, bulk);
+        GrantTableReader reader = t.r();
+        reader.set_prefetch_schedule(schedule);
+        if (schedule != PrefetchSchedule::automatic) REQUIRE(reader.prefetch_schedule() == schedule);
+        reader.lookup_bulk(keys, now, bulk);
         for (size_t i = 0; i < keys.size(); ++i) {
             const LookupResult single = t.r().lookup(keys[i], now);
             REQUIRE(bulk[i].kind == single.kind);
@@ -891,6 +897,9 @@ TEST_CASE("grant table: bulk lookup agrees with single lookups for services of e
     // /24, so that its IPv4 keys take the general path and its IPv6 keys not.
     GrantTableConfig c = small_config(2048);
     c.slots_per_grant = GENERATE(2u, 4u);
+    // Either prefetch schedule, and this CPU's: the answers are the same.
+    const PrefetchSchedule schedule = GENERATE(PrefetchSchedule::automatic, PrefetchSchedule::per_key,
+                                               PrefetchSchedule::after_hashing);
     Table t(c);
     std::mt19937_64 rng(12);
     std::vector<LookupKey> sources;
@@ -934,7 +943,10 @@ TEST_CASE("grant table: bulk lookup agrees with single lookups for services of e
         if (rng() % 4 == 0) keys[rng() % keys.size()].service_id = 40;  // beyond max_service_id
         const uint64_t now = rng() % 3200;
         std::vector<LookupResult> bulk(keys.size());
-        t.r().lookup_bulk(keys, now, bulk);
+        GrantTableReader reader = t.r();
+        reader.set_prefetch_schedule(schedule);
+        if (schedule != PrefetchSchedule::automatic) REQUIRE(reader.prefetch_schedule() == schedule);
+        reader.lookup_bulk(keys, now, bulk);
         for (size_t i = 0; i < keys.size(); ++i) {
             const LookupResult single = t.r().lookup(keys[i], now);
             REQUIRE(bulk[i].kind == single.kind);
