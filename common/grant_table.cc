@@ -257,6 +257,7 @@ inline uint64_t load_le32(const uint8_t* p) noexcept {
 
 // The first p bits (network order) of a word loaded little-endian from memory.
 inline uint64_t prefix_mask64(unsigned p) noexcept {
+    if (p >= 64) return ~uint64_t{0};
     return p == 0 ? 0 : __builtin_bswap64(~uint64_t{0} << (64 - p));
 }
 
@@ -623,9 +624,9 @@ struct PrefixCursor {
     int next() noexcept {
         for (int w = 2; w >= 0; --w) {
             if (bits[w] != 0) {
-                const int b = 63 - std::countl_zero(bits[w]);
-                bits[w] &= ~(uint64_t{1} << b);
-                return w * 64 + b;
+                const uint64_t top = std::bit_floor(bits[w]);  // the longest length left in this word
+                bits[w] ^= top;
+                return w * 64 + std::countr_zero(top);
             }
         }
         return -1;
