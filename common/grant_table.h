@@ -142,7 +142,6 @@ enum class LookupKind : uint8_t {
 };
 std::string_view lookup_kind_name(LookupKind kind) noexcept;
 
-// The source of a packet (FlowTuple::src) and the service it is for.
 // When lookup_bulk prefetches each key's home slot: right after hashing that
 // key (`per_key`), or after hashing the whole burst (`after_hashing`). Which
 // is faster depends on the CPU: at 1M grants an Intel Xeon VM gave 44-62 M
@@ -152,6 +151,7 @@ std::string_view lookup_kind_name(LookupKind kind) noexcept;
 enum class PrefetchSchedule : uint8_t { automatic, per_key, after_hashing };
 std::string_view prefetch_schedule_name(PrefetchSchedule s) noexcept;
 
+// The source of a packet (FlowTuple::src) and the service it is for.
 struct LookupKey {
     std::array<uint8_t, 16> address{};  // IPv4 in bytes 0..3, as FlowTuple
     uint16_t service_id = 0;
@@ -238,8 +238,9 @@ class GrantTableReader {
     // prefix length in use for that service.
     LookupResult lookup(const LookupKey& key, uint64_t now_ticks) const noexcept;
     // The same for a burst (up to kGrantTableMaxBurst keys; longer spans are
-    // done in bursts): hashes every key, then prefetches every home slot, then
-    // reads them, so that the memory accesses of the burst overlap.
+    // done in bursts): hashes every key and prefetches every home slot (in the
+    // order prefetch_schedule() says), then reads them, so that the memory
+    // accesses of the burst overlap.
     void lookup_bulk(std::span<const LookupKey> keys, uint64_t now_ticks,
                      std::span<LookupResult> out) const noexcept;
     // lookup_bulk's prefetch schedule (attach sets `automatic`'s choice for

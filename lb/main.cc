@@ -885,7 +885,10 @@ int main(int argc, char** argv) {
         while (access(start_ports_after.c_str(), F_OK) != 0 && !g_stop.load()) {
             control->tick();
             publish_control_counters(*control, *main_counters);
-            if (control->backlog_length() == 0) std::this_thread::sleep_for(std::chrono::microseconds(config.tick_us));
+            // Before ports start the main lcore keeps the kernel's scheduling.
+            const auto pause = main_lcore_pause(control->backlog_length() != 0, false,
+                                                std::chrono::microseconds(config.tick_us), std::chrono::nanoseconds{0});
+            if (pause.count() > 0) std::this_thread::sleep_for(pause);
         }
     }
     control->drain_all();
@@ -1032,8 +1035,11 @@ int main(int argc, char** argv) {
         // one tick); otherwise sleep, sharing the core. At a real-time priority
         // nothing else on the core would run while a backlog lasts, so there
         // the main lcore sleeps as long as the tick worked (main_lcore_pause).
-        const auto pause = main_lcore_pause(control->backlog_length() != 0, realtime, tick,
-                                            std::chrono::nanoseconds((rte_rdtsc() - tick_start) * 1'000'000'000 / hz));
+        // (cycles to ns in double: a tick of seconds, a large reload, would overflow
+        // cycles x 1e9 in 64 bits)
+        const auto worked = std::chrono::nanoseconds(
+            static_cast<int64_t>(static_cast<double>(rte_rdtsc() - tick_start) * 1e9 / static_cast<double>(hz)));
+        const auto pause = main_lcore_pause(control->backlog_length() != 0, realtime, tick, worked);
         if (pause.count() > 0) std::this_thread::sleep_for(pause);
     }
 

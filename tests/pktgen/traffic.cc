@@ -308,7 +308,7 @@ namespace {
 // Copies len bytes (32..kSlab) in 32-byte moves, the last one overlapping:
 // fixed-size copies the compiler turns into vector loads and stores. A memcpy
 // of a variable length up to 128 was inlined as `rep movsq`, which took 3/4 of
-// the time of write_frame on an Intel VM (jitlb-pktgen ~9 Mpps instead of ~13).
+// the time of write_frame on an Intel VM (docs/pktgen.md, "Sending").
 inline void copy_head(uint8_t* out, const uint8_t* in, size_t len) noexcept {
     static_assert(kSlab <= 128, "copy_head moves at most four 32-byte blocks");
     if (len < 32) {
