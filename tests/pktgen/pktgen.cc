@@ -73,12 +73,13 @@ struct alignas(64) WorkerStats {
     Count tx_sent, tx_refused, tx_bytes, tx_nombuf;
     Count tx_ungranted_sent;  // of tx_sent
     Count tx_schedule_lost, tx_stalls;  // paced: packets the schedule skipped after stalls (Pacer)
+    Count tx_catch_ups;                 // paced: stalls made up (Pacer::catch_ups)
     Count rx_frames, rx_bytes;
     std::array<Count, static_cast<size_t>(RxVerdict::count_)> verdicts;
     Count late;  // frames after the trial was collected (not in any figure)
     void reset() noexcept {
         for (Count* c : {&tx_granted, &tx_ungranted, &tx_sent, &tx_refused, &tx_bytes, &tx_nombuf, &tx_ungranted_sent,
-                         &tx_schedule_lost, &tx_stalls,
+                         &tx_schedule_lost, &tx_stalls, &tx_catch_ups,
                          &rx_frames, &rx_bytes, &late})
             c->reset();
         for (Count& c : verdicts) c.reset();
@@ -101,6 +102,10 @@ struct Shared {
     std::unique_ptr<RxChecker> checker;
     uint16_t burst = 32;
     uint64_t hz = 0;
+    // Pacing: how far behind its schedule a worker may fall and still catch up,
+    // and how much faster than the rate it goes while it does (Pacer).
+    double max_lag_us = 50'000;
+    double catch_up = 0.10;
     // The trial protocol: main sets params then trial (release); each worker
     // resets and acks; runs TX until its end; main sets collect; each worker
     // publishes and sets done.
@@ -239,8 +244,10 @@ int worker_main(void* arg) {
             const double share = p.rate_pps / static_cast<double>(w.count);
             const double cpp = share > 0 ? static_cast<double>(s.hz) / share : 0;
             w.tx_start_tsc = rte_rdtsc();
-            // Catch up on up to 200 us of the schedule (or 4 bursts at a slow rate).
-            pacer = Pacer(cpp, std::max(4.0 * s.burst * cpp, static_cast<double>(s.hz) / 5000.0), w.tx_start_tsc);
+            // Catch up on up to max_lag_us of the schedule (at least 4 bursts
+            // at a slow rate), at no more than (1 + catch_up) times the rate.
+            pacer = Pacer(cpp, std::max(4.0 * s.burst * cpp, s.max_lag_us * 1e-6 * static_cast<double>(s.hz)),
+                          w.tx_start_tsc, s.catch_up);
             w.tx_end_tsc = p.duration_s > 0 ? w.tx_start_tsc + static_cast<uint64_t>(p.duration_s * static_cast<double>(s.hz))
                                             : UINT64_MAX;
             w.tx_finished.store(false, std::memory_order_relaxed);
@@ -251,6 +258,7 @@ int worker_main(void* arg) {
             counting = running = false;
             w.stats.tx_schedule_lost.add(static_cast<uint64_t>(pacer.lost_packets()));
             w.stats.tx_stalls.add(pacer.stalls());
+            w.stats.tx_catch_ups.add(pacer.catch_ups());
             w.done.store(my_trial, std::memory_order_release);
         }
         if (running) {
@@ -272,7 +280,7 @@ int worker_main(void* arg) {
 
 struct Totals {
     uint64_t tx_granted = 0, tx_ungranted = 0, tx_sent = 0, tx_refused = 0, tx_bytes = 0, tx_nombuf = 0;
-    uint64_t tx_schedule_lost = 0, tx_stalls = 0;
+    uint64_t tx_schedule_lost = 0, tx_stalls = 0, tx_catch_ups = 0;
     uint64_t tx_ungranted_sent = 0;
     uint64_t rx_frames = 0, rx_bytes = 0;
     std::array<uint64_t, static_cast<size_t>(RxVerdict::count_)> verdicts{};
@@ -294,6 +302,7 @@ Totals sum(const std::vector<std::unique_ptr<Worker>>& workers) {
         t.tx_nombuf += s.tx_nombuf.get();
         t.tx_schedule_lost += s.tx_schedule_lost.get();
         t.tx_stalls += s.tx_stalls.get();
+        t.tx_catch_ups += s.tx_catch_ups.get();
         t.tx_ungranted_sent += s.tx_ungranted_sent.get();
         t.rx_frames += s.rx_frames.get();
         t.rx_bytes += s.rx_bytes.get();
@@ -351,7 +360,9 @@ struct Runner {
             for (auto& w : workers) finished = finished && w->tx_finished.load(std::memory_order_acquire);
             if (finished) break;
             if (g_stop.load()) s.stop_tx.store(true);  // the workers end TX and report it
-            sleep_ms(1);
+            // Not every millisecond: on a shared core each wake-up takes the
+            // TX worker's core away for tens of microseconds.
+            sleep_ms(10);
             const auto now = std::chrono::steady_clock::now();
             if (live && now - last >= std::chrono::seconds(1)) {
                 const double dt = std::chrono::duration<double>(now - last).count();
@@ -428,9 +439,11 @@ ordered_json trial_json(const TrialResult& r, const Shared& s) {
             {"tx_ungranted_sent", r.totals.tx_ungranted_sent},
             {"tx_nombuf", r.totals.tx_nombuf},
             // Paced trials: what the schedule skipped after stalls longer than
-            // 200 us (the TX core taken away), and how many such stalls.
+            // --max-lag-us (the TX core taken away), how many such stalls, and
+            // how many shorter ones were made up (at most --catch-up faster).
             {"tx_schedule_lost", r.totals.tx_schedule_lost},
             {"tx_stalls", r.totals.tx_stalls},
+            {"tx_catch_ups", r.totals.tx_catch_ups},
             {"rx_frames", r.totals.rx_frames},
             {"delivered", r.totals.delivered()},
             {"loss", r.loss()},
@@ -493,6 +506,7 @@ int main(int argc, char** argv) {
     uint32_t granted = 1, ungranted = 0, flows_per_source = 1;
     uint16_t port_num = 80, gue_port = 6080, burst = 32;
     double duration_s = 5, linger_s = 0, trial_s = 1, pdr_loss = 0.001, resolution = 0.005, warmup_s = 0, link_wait_s = 10;
+    double max_lag_us = 50'000, catch_up_pct = 10;
     unsigned max_iterations = 12;
     bool quiet = false, per_source = false;
     uint64_t seed = 1;
@@ -514,6 +528,10 @@ int main(int argc, char** argv) {
     app.add_option("--sizes", sizes, "frame sizes with FCS: 64 | 64,128,1518 | imix")->capture_default_str();
     app.add_option("--burst", burst, "packets per tx burst, 1..64")->capture_default_str();
     app.add_option("--rate", rate, "max, or packets per second over all ports: 2500000, 2.5M, 800k")->capture_default_str();
+    app.add_option("--max-lag-us", max_lag_us, "paced: a worker this far behind its schedule catches up; further, "
+                   "the rest is counted as tx_schedule_lost")->capture_default_str()->check(CLI::Range(0.0, 1e6));
+    app.add_option("--catch-up", catch_up_pct, "paced: while catching up, at most this many percent above the rate "
+                   "(0: no limit)")->capture_default_str()->check(CLI::Range(0.0, 1000.0));
     app.add_option("--duration-s", duration_s, "one run of this long (0: until SIGINT)")->capture_default_str();
     app.add_option("--warmup-s", warmup_s, "a run before, not reported (fills connection tables)")->capture_default_str();
     app.add_option("--search", search, "RFC 2544 throughput search: ndr, pdr or ndr,pdr, per frame size");
@@ -592,6 +610,8 @@ int main(int argc, char** argv) {
     if (const std::string e = check_config(c); !e.empty()) usage(e);
     if (burst < 1 || burst > kMaxBurst) usage("--burst: 1..64");
     s.burst = burst;
+    s.max_lag_us = max_lag_us;
+    s.catch_up = catch_up_pct / 100.0;
     double rate_pps = 0;
     if (!parse_rate(rate, rate_pps)) usage(fmt::format("--rate {}: give max or a packet rate (2500000, 2.5M, 800k)", rate));
     bool want_ndr = false, want_pdr = false;

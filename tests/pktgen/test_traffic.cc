@@ -361,7 +361,7 @@ TEST_CASE("a traffic file is read strictly, with the key and what is wrong") {
     std::remove(path.c_str());
 }
 
-TEST_CASE("the pacer holds its rate to within a burst, catches up on short stalls and counts long ones as lost") {
+TEST_CASE("the pacer holds its rate to within a burst, catches up on stalls no faster than its limit and counts longer ones as lost") {
     // 1 GHz TSC, 10 Mpps: a packet every 100 cycles; bursts of 32; 200 us of catch-up.
     constexpr double cpp = 100;
     constexpr uint16_t burst = 32;
@@ -401,6 +401,41 @@ TEST_CASE("the pacer holds its rate to within a burst, catches up on short stall
         run(q, 0, 1'000'000, 37);
         CHECK(q.due(4'000'000, burst));
         CHECK_FALSE(q.due(4'000'001, burst));
+    }
+    SECTION("a 2 ms stall with a 10% catch-up limit: made up at no more than 1.1 times the rate, nothing lost") {
+        // The default of jitlb-pktgen: up to 10 ms behind, caught up at +10%.
+        Pacer p(cpp, 10'000'000, 0, 0.10);
+        uint64_t sent = run(p, 0, 30'000'000, 37);
+        CHECK(p.catch_ups() == 0);
+        // Away for 2 ms: 20'000 packets behind, made up at 1 Mpps extra in about 20 ms.
+        const uint64_t back = 32'000'000;
+        const uint64_t in_first_10ms = run(p, back, back + 10'000'000, 37);
+        CHECK(p.catch_ups() == 1);
+        CHECK(p.stalls() == 0);
+        // 10 ms at 11 Mpps, give or take a burst or two, not the 10 ms of
+        // schedule plus the whole backlog at once.
+        CHECK(in_first_10ms >= 110'000 - 2 * burst);
+        CHECK(in_first_10ms <= 110'000 + 2 * burst);
+        sent += in_first_10ms + run(p, back + 10'000'000, 100'000'000, 37);
+        // By the end of 0.1 s the backlog is made up: the average rate is kept.
+        CHECK(sent >= 1'000'000 - 2 * burst);
+        CHECK(sent <= 1'000'000 + burst);
+        CHECK(p.lost_packets() == 0);
+    }
+    SECTION("on schedule, the catch-up limit changes nothing") {
+        Pacer p(cpp, 10'000'000, 0, 0.10);
+        const uint64_t sent = run(p, 0, 100'000'000, 37);
+        CHECK(sent >= 1'000'000 - burst);
+        CHECK(sent <= 1'000'000 + burst);
+        CHECK(p.catch_ups() == 0);
+    }
+    SECTION("behind by more than max_lag with a catch-up limit: the excess is counted lost, the rest made up") {
+        Pacer p(cpp, 10'000'000, 0, 0.10);
+        uint64_t sent = run(p, 0, 10'000'000, 37);
+        sent += run(p, 25'000'000, 100'000'000, 37);  // away 15 ms: over the 10 ms limit
+        CHECK(p.stalls() == 1);
+        CHECK(p.lost_packets() == Approx(150'000).margin(burst));
+        CHECK(static_cast<double>(sent) + p.lost_packets() == Approx(1'000'000).margin(2 * burst));
     }
     SECTION("no rate: every call is due") {
         Pacer p(0, max_lag, 0);

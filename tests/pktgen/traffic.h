@@ -13,6 +13,7 @@
 // 64-byte IPv4 frame carries TCP or UDP; IPv6 needs 78 bytes (UDP) or 82 (TCP).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -144,35 +145,52 @@ void write_frame(const Template& t, uint8_t* out, uint32_t seq, uint32_t tsc) no
 
 // The TX schedule at a target rate: a burst of n is due once the TSC reaches
 // the schedule's next time, which then moves on by n packets' worth. A TX core
-// that was away (preempted, an interrupt) for up to max_lag cycles catches up,
-// so short stalls do not lower the average rate; behind by more, the schedule
-// starts again from now and the skipped part is counted (lost_packets,
-// stalls), not sent as a flood. So a report can tell the pacer's own error
-// from the time its core was taken.
+// that was away (preempted, the hypervisor running something else) for up to
+// max_lag cycles catches up, so its stalls do not lower the average rate; but
+// no faster than (1 + catch_up) times the rate, so that the device under test
+// sees a bounded excess for a while rather than a flood at the generator's
+// full speed. Behind by more than max_lag, the schedule starts again from now
+// and the skipped part is counted (lost_packets, stalls); the catch-ups are
+// counted too (catch_ups: times the pacer was behind by more than 4 bursts).
+// So a report can tell the pacer's own error from the time its core was taken.
 class Pacer {
   public:
     Pacer() = default;
-    // cycles_per_packet <= 0: no pacing (every call is due).
-    Pacer(double cycles_per_packet, double max_lag_cycles, uint64_t start) noexcept
-        : cpp_(cycles_per_packet), max_lag_(max_lag_cycles), next_(static_cast<double>(start)) {}
+    // cycles_per_packet <= 0: no pacing (every call is due). catch_up <= 0:
+    // no limit on the catch-up rate.
+    Pacer(double cycles_per_packet, double max_lag_cycles, uint64_t start, double catch_up = 0) noexcept
+        : cpp_(cycles_per_packet),
+          max_lag_(max_lag_cycles),
+          catch_up_cpp_(catch_up > 0 ? cycles_per_packet / (1 + catch_up) : 0),
+          next_(static_cast<double>(start)),
+          floor_(static_cast<double>(start)) {}
     bool due(uint64_t now, uint16_t n) noexcept {
         if (cpp_ <= 0) return true;
         const double t = static_cast<double>(now);
-        if (t < next_) return false;
-        if (t - next_ > max_lag_) {
-            lost_ += (t - next_) / cpp_;
+        if (t < next_ || t < floor_) return false;
+        const double behind = t - next_;
+        if (behind > max_lag_) {
+            lost_ += behind / cpp_;
             ++stalls_;
             next_ = t;
+        } else if (behind > 4 * n * cpp_ && !behind_) {
+            ++catch_ups_;
         }
+        behind_ = behind > 4 * n * cpp_;
         next_ += n * cpp_;
+        // The earliest time of the next burst at the highest catch-up rate;
+        // on schedule, next_ comes later and decides.
+        floor_ = std::max(floor_, t - n * catch_up_cpp_) + n * catch_up_cpp_;
         return true;
     }
     double lost_packets() const noexcept { return lost_; }
     uint64_t stalls() const noexcept { return stalls_; }
+    uint64_t catch_ups() const noexcept { return catch_ups_; }
 
   private:
-    double cpp_ = 0, max_lag_ = 0, next_ = 0, lost_ = 0;
-    uint64_t stalls_ = 0;
+    double cpp_ = 0, max_lag_ = 0, catch_up_cpp_ = 0, next_ = 0, floor_ = 0, lost_ = 0;
+    uint64_t stalls_ = 0, catch_ups_ = 0;
+    bool behind_ = false;
 };
 
 // Latency histogram over TSC cycles: log-linear buckets (64 per power of two:
