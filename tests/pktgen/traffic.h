@@ -168,15 +168,16 @@ class Pacer {
         if (cpp_ <= 0) return true;
         const double t = static_cast<double>(now);
         if (t < next_ || t < floor_) return false;
-        const double behind = t - next_;
+        double behind = t - next_;
         if (behind > max_lag_) {
             lost_ += behind / cpp_;
             ++stalls_;
             next_ = t;
-        } else if (behind > 4 * n * cpp_ && !behind_) {
-            ++catch_ups_;
+            behind = 0;
         }
-        behind_ = behind > 4 * n * cpp_;
+        const bool now_behind = behind > 4 * n * cpp_;
+        if (now_behind && !behind_) ++catch_ups_;
+        behind_ = now_behind;
         next_ += n * cpp_;
         // The earliest time of the next burst at the highest catch-up rate;
         // on schedule, next_ comes later and decides.
