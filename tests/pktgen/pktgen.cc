@@ -74,12 +74,14 @@ struct alignas(64) WorkerStats {
     Count tx_ungranted_sent;  // of tx_sent
     Count tx_schedule_lost, tx_stalls;  // paced: packets the schedule skipped after stalls (Pacer)
     Count tx_catch_ups;                 // paced: stalls made up (Pacer::catch_ups)
+    Count tx_longest_stall_ns, tx_longest_stall_at_ns;  // paced: the longest, and when (Pacer)
     Count rx_frames, rx_bytes;
     std::array<Count, static_cast<size_t>(RxVerdict::count_)> verdicts;
     Count late;  // frames after the trial was collected (not in any figure)
     void reset() noexcept {
         for (Count* c : {&tx_granted, &tx_ungranted, &tx_sent, &tx_refused, &tx_bytes, &tx_nombuf, &tx_ungranted_sent,
-                         &tx_schedule_lost, &tx_stalls, &tx_catch_ups,
+                         &tx_schedule_lost, &tx_stalls, &tx_catch_ups, &tx_longest_stall_ns,
+                         &tx_longest_stall_at_ns,
                          &rx_frames, &rx_bytes, &late})
             c->reset();
         for (Count& c : verdicts) c.reset();
@@ -259,6 +261,9 @@ int worker_main(void* arg) {
             w.stats.tx_schedule_lost.add(static_cast<uint64_t>(pacer.lost_packets()));
             w.stats.tx_stalls.add(pacer.stalls());
             w.stats.tx_catch_ups.add(pacer.catch_ups());
+            const double ns_per_cycle = 1e9 / static_cast<double>(s.hz);
+            w.stats.tx_longest_stall_ns.add(static_cast<uint64_t>(pacer.longest_behind() * ns_per_cycle));
+            w.stats.tx_longest_stall_at_ns.add(static_cast<uint64_t>(pacer.longest_behind_at() * ns_per_cycle));
             w.done.store(my_trial, std::memory_order_release);
         }
         if (running) {
@@ -281,6 +286,7 @@ int worker_main(void* arg) {
 struct Totals {
     uint64_t tx_granted = 0, tx_ungranted = 0, tx_sent = 0, tx_refused = 0, tx_bytes = 0, tx_nombuf = 0;
     uint64_t tx_schedule_lost = 0, tx_stalls = 0, tx_catch_ups = 0;
+    uint64_t tx_longest_stall_ns = 0, tx_longest_stall_at_ns = 0;  // the longest of any worker
     uint64_t tx_ungranted_sent = 0;
     uint64_t rx_frames = 0, rx_bytes = 0;
     std::array<uint64_t, static_cast<size_t>(RxVerdict::count_)> verdicts{};
@@ -303,6 +309,10 @@ Totals sum(const std::vector<std::unique_ptr<Worker>>& workers) {
         t.tx_schedule_lost += s.tx_schedule_lost.get();
         t.tx_stalls += s.tx_stalls.get();
         t.tx_catch_ups += s.tx_catch_ups.get();
+        if (s.tx_longest_stall_ns.get() > t.tx_longest_stall_ns) {
+            t.tx_longest_stall_ns = s.tx_longest_stall_ns.get();
+            t.tx_longest_stall_at_ns = s.tx_longest_stall_at_ns.get();
+        }
         t.tx_ungranted_sent += s.tx_ungranted_sent.get();
         t.rx_frames += s.rx_frames.get();
         t.rx_bytes += s.rx_bytes.get();
@@ -444,6 +454,10 @@ ordered_json trial_json(const TrialResult& r, const Shared& s) {
             {"tx_schedule_lost", r.totals.tx_schedule_lost},
             {"tx_stalls", r.totals.tx_stalls},
             {"tx_catch_ups", r.totals.tx_catch_ups},
+            // The longest a paced worker was behind its schedule, and when that
+            // began, from the start of TX (us).
+            {"tx_longest_stall_us", static_cast<double>(r.totals.tx_longest_stall_ns) / 1e3},
+            {"tx_longest_stall_at_us", static_cast<double>(r.totals.tx_longest_stall_at_ns) / 1e3},
             {"rx_frames", r.totals.rx_frames},
             {"delivered", r.totals.delivered()},
             {"loss", r.loss()},

@@ -412,6 +412,9 @@ TEST_CASE("the pacer holds its rate to within a burst, catches up on stalls no f
         const uint64_t in_first_10ms = run(p, back, back + 10'000'000, 37);
         CHECK(p.catch_ups() == 1);
         CHECK(p.stalls() == 0);
+        // The stall is reported: about 2 ms long, from about 30 ms into the schedule.
+        CHECK(p.longest_behind() == Approx(2'000'000).margin(100 * burst));
+        CHECK(p.longest_behind_at() == Approx(30'000'000).margin(100 * burst));
         // 10 ms at 11 Mpps, give or take a burst or two, not the 10 ms of
         // schedule plus the whole backlog at once.
         CHECK(in_first_10ms >= 110'000 - 2 * burst);

@@ -162,13 +162,18 @@ class Pacer {
         : cpp_(cycles_per_packet),
           max_lag_(max_lag_cycles),
           catch_up_cpp_(catch_up > 0 ? cycles_per_packet / (1 + catch_up) : 0),
-          next_(static_cast<double>(start)),
-          floor_(static_cast<double>(start)) {}
+          start_(static_cast<double>(start)),
+          next_(start_),
+          floor_(start_) {}
     bool due(uint64_t now, uint16_t n) noexcept {
         if (cpp_ <= 0) return true;
         const double t = static_cast<double>(now);
         if (t < next_ || t < floor_) return false;
         double behind = t - next_;
+        if (behind > longest_) {
+            longest_ = behind;
+            longest_at_ = next_ - start_;
+        }
         if (behind > max_lag_) {
             lost_ += behind / cpp_;
             ++stalls_;
@@ -187,9 +192,14 @@ class Pacer {
     double lost_packets() const noexcept { return lost_; }
     uint64_t stalls() const noexcept { return stalls_; }
     uint64_t catch_ups() const noexcept { return catch_ups_; }
+    // The longest the pacer was behind (cycles), and when, from the start,
+    // that stall began: where a trial lost its core, for the report.
+    double longest_behind() const noexcept { return longest_; }
+    double longest_behind_at() const noexcept { return longest_at_; }
 
   private:
-    double cpp_ = 0, max_lag_ = 0, catch_up_cpp_ = 0, next_ = 0, floor_ = 0, lost_ = 0;
+    double cpp_ = 0, max_lag_ = 0, catch_up_cpp_ = 0, start_ = 0, next_ = 0, floor_ = 0, lost_ = 0;
+    double longest_ = 0, longest_at_ = 0;
     uint64_t stalls_ = 0, catch_ups_ = 0;
     bool behind_ = false;
 };
